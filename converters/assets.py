@@ -1,0 +1,31 @@
+"""Tokenizer and vocabulary files that travel beside every converted model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+#: files copied from a source folder to every output folder, byte for byte
+ASSET_NAMES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def collect(folder: Path) -> dict[str, bytes]:
+    """The asset files present in ``folder`` (a missing folder gives none)."""
+    folder = Path(folder)
+    return {name: (folder / name).read_bytes() for name in ASSET_NAMES if (folder / name).is_file()}
+
+
+def write(out: Path, assets: Mapping[str, bytes]) -> list[Path]:
+    written = []
+    for name, data in sorted(assets.items()):
+        if Path(name).name != name:
+            raise ValueError(f"asset name {name!r} must be a plain file name")
+        (out / name).write_bytes(data)
+        written.append(out / name)
+    return written

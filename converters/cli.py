@@ -1,0 +1,154 @@
+"""The ``electra-bridge`` command line: convert, verify, inspect.
+
+Exit codes (all commands): 0 success / equal, 1 verification mismatch, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from electra_bridge.runtimes import RUNTIMES
+from electra_bridge.schemas import HEADS, BridgeError
+
+from . import FORMATS, api, format_module
+from .options import Option
+
+EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
+
+EPILOG = """exit codes: 0 equal / success, 1 outputs differ beyond tolerance, 2 unusable input
+(missing or corrupt file, unknown format, schema mismatch, missing framework)."""
+
+
+def _format_options() -> list[Option]:
+    seen: dict[str, Option] = {}
+    for name in FORMATS:
+        for opt in getattr(format_module(name), "OPTIONS", ()):
+            seen.setdefault(opt.dest, opt)
+    return list(seen.values())
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def _add_tolerance(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: from the tolerance table)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default: from the tolerance table)")
+    p.add_argument("--runtime", default="numpy", choices=list(RUNTIMES),
+                   help="runtime that executes checkpoint sides (default: numpy reference)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="electra-bridge",
+        description="Move ELECTRA checkpoints between frameworks and prove every move with equal-logit checks.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    options = _format_options()
+    heads = list(HEADS)
+
+    c = sub.add_parser("convert", help="convert SRC into folder OUT and verify it against SRC",
+                       description="Detect SRC's format, write OUT as --to, run both on the probe batch and compare "
+                                   "every output of the head. On a mismatch OUT is not created and the exit code is 1.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("src", help="source checkpoint (folder or file)")
+    c.add_argument("out", help="output folder (must not exist unless --force)")
+    c.add_argument("--to", required=True, choices=[n for n in FORMATS if hasattr(format_module(n), "write")],
+                   help="output format")
+    c.add_argument("--from", dest="fmt", choices=list(FORMATS), help="source format (default: detected)")
+    c.add_argument("--head", choices=heads, help="head to convert (default: the source's own; 'base' drops the head)")
+    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--no-verify", action="store_true", help="skip the equal-output check (not recommended)")
+    c.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    _add_tolerance(c)
+    for opt in options:
+        c.add_argument(opt.flag, dest=opt.dest, help=f"[{opt.stage}] {opt.help}", **opt.kwargs)
+    _add_common(c)
+
+    v = sub.add_parser("verify", help="run A and B on the probe batch and compare every output of every common head",
+                       description="Exit 0 when every output of every head both sides have is within tolerance, "
+                                   "1 when not, 2 for unusable input. B is the reference for relative errors.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("a")
+    v.add_argument("b")
+    v.add_argument("--heads", nargs="+", choices=heads, help="heads to compare (default: all common heads)")
+    v.add_argument("--json", action="store_true", help="print per-head, per-output max_abs / max_rel as JSON")
+    _add_tolerance(v)
+    _add_common(v)
+
+    i = sub.add_parser("inspect", help="format, config, head, tensors and parameter count of PATH")
+    i.add_argument("path")
+    i.add_argument("--from", dest="fmt", choices=list(FORMATS), help="format (default: detected)")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(i)
+    return parser
+
+
+def _options(args: argparse.Namespace, stage: str) -> dict:
+    return {o.dest: getattr(args, o.dest, None) for o in _format_options() if o.stage == stage}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    result = api.convert(args.src, args.out, args.to, fmt=args.fmt, head=args.head, verify=not args.no_verify,
+                         force=args.force, runtime=args.runtime, atol=args.atol, rtol=args.rtol,
+                         read_options=_options(args, "read"), write_options=_options(args, "write"))
+    if args.json and result.report:
+        print(result.report.to_json())
+    elif result.report:
+        print(result.report.table())
+    print(f"wrote {result.out} ({args.to}, head {result.source.head})" + ("" if result.report else " -- NOT verified"))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = api.verify(args.a, args.b, heads=args.heads, atol=args.atol, rtol=args.rtol, runtime=args.runtime)
+    print(report.to_json() if args.json else report.table())
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = api.inspect(args.path, args.fmt)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"format: {info['format']}\nhead: {info.get('head')}\nparameters: {info.get('num_parameters', 0):,}")
+    cfg = info.get("config", {})
+    keys = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "max_position_embeddings", "hidden_act")
+    print("config: " + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg))
+    for t in info.get("tensors", []):
+        print(f"  {t['name']:<60} {str(t['shape']):<16} {t['dtype']}")
+    if info.get("assets"):
+        print("assets: " + ", ".join(info["assets"]))
+    return EXIT_OK
+
+
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except api.VerificationError as exc:
+        print(exc.report.to_json() if getattr(args, "json", False) else exc.report.table())
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except Exception as exc:  # an input we did not foresee: still one line, exit 2
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

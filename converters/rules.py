@@ -1,0 +1,109 @@
+"""The engine every format's RULES table runs on.
+
+A format declares ``RULES``: (canonical template, native template, layout) rows with
+``{layer}`` the only placeholder, and ``IGNORED``: native-name globs dropped on purpose,
+each with its reason. ``bind`` expands the rules for one config and head into exact
+names; ``account`` is the strict check after reading (every native tensor mapped or
+ignored, every needed tensor present, every shape right); ``write`` derives the native
+side from the same table through each layout's inverse.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from electra_bridge.schemas import ElectraConfig, SchemaError, check_tensors, head_shapes
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A reversible storage transform: native array <-> canonical array."""
+
+    name: str
+    to_canonical: Callable[[np.ndarray], np.ndarray]
+    to_native: Callable[[np.ndarray], np.ndarray]
+    native_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+IDENTITY = Layout("identity", lambda a: a, lambda a: a, lambda s: tuple(s))
+#: [in, out] kernels (TF, Flax, Google) <-> canonical [out, in]
+TRANSPOSE = Layout("transpose", lambda a: np.ascontiguousarray(a.T), lambda a: np.ascontiguousarray(a.T),
+                   lambda s: tuple(reversed(s)))
+
+
+@dataclass(frozen=True)
+class Rule:
+    canonical: str
+    native: str
+    layout: Layout = IDENTITY
+
+
+@dataclass(frozen=True)
+class Ignored:
+    pattern: str  # fnmatch glob over native names
+    reason: str
+
+
+@dataclass(frozen=True)
+class Binding:
+    canonical: str
+    native: str
+    layout: Layout
+    canonical_shape: tuple[int, ...]
+
+    @property
+    def native_shape(self) -> tuple[int, ...]:
+        return self.layout.native_shape(self.canonical_shape)
+
+
+def bind(rules: Iterable[Rule], cfg: ElectraConfig, head: str) -> dict[str, Binding]:
+    """Canonical name -> Binding for every tensor ``head`` needs under ``cfg``.
+
+    Raises if a needed tensor has no rule, or a native name would be claimed twice
+    (both are bugs in a RULES table, caught by the table-versus-reality tests too).
+    """
+    shapes = head_shapes(cfg, head)
+    layers = range(cfg.num_hidden_layers)
+    out: dict[str, Binding] = {}
+    for rule in rules:
+        for i in (layers if "{layer}" in rule.canonical else (0,)):
+            name = rule.canonical.format(layer=i)
+            if name in shapes and name not in out:
+                out[name] = Binding(name, rule.native.format(layer=i), rule.layout, shapes[name])
+    unmapped = sorted(set(shapes) - set(out))
+    if unmapped:
+        raise SchemaError(f"no rule maps {', '.join(unmapped)} for head {head}")
+    natives = [b.native for b in out.values()]
+    if len(set(natives)) != len(natives):
+        raise SchemaError("a RULES table maps two canonical tensors to the same native name")
+    return out
+
+
+def ignored_reason(name: str, ignored: Iterable[Ignored]) -> str | None:
+    for item in ignored:
+        if fnmatch.fnmatchcase(name, item.pattern):
+            return item.reason
+    return None
+
+
+def account(bindings: Mapping[str, Binding], found: Mapping[str, tuple[int, ...]], ignored: Iterable[Ignored], *,
+            source: str, hint: str = "") -> list[str]:
+    """Strict accounting of a native file against the bound rules; returns the ignored names.
+
+    Raises one SchemaError listing missing, unexpected and mis-shaped native names, sorted.
+    """
+    ignored = tuple(ignored)
+    expected = {b.native: b.native_shape for b in bindings.values()}
+    dropped = sorted(n for n in found if n not in expected and ignored_reason(n, ignored))
+    kept = {n: s for n, s in found.items() if n not in dropped}
+    check_tensors(expected, kept, source=source, hint=hint)
+    return dropped
+
+
+def native_tensors(bindings: Mapping[str, Binding], tensors: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Canonical tensors -> {native name: native-layout array} (materializes each tensor)."""
+    return {b.native: b.layout.to_native(np.asarray(tensors[c])) for c, b in bindings.items()}
