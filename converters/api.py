@@ -109,8 +109,17 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     """Convert ``src`` into folder ``out`` as format ``to``; verify the result against the source.
 
     On a mismatch nothing is left at ``out`` and VerificationError carries the report.
+    ``read_options={"net": "both"}`` (Google pretraining checkpoints) converts each net into
+    ``out/discriminator`` and ``out/generator`` and returns the discriminator's result.
     """
-    ckpt = read(src, fmt, head=head, **dict(read_options or {}))
+    read_options = dict(read_options or {})
+    if read_options.get("net") == "both":
+        results = [convert(src, Path(out) / net, to, fmt=fmt, head=head, verify=verify, force=force, runtime=runtime,
+                           atol=atol, rtol=rtol, read_options={**read_options, "net": net},
+                           write_options=write_options)
+                   for net in ("discriminator", "generator")]
+        return results[0]
+    ckpt = read(src, fmt, head=head, **read_options)
     out = Path(out)
     reports: list[Report] = []
 
