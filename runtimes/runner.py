@@ -38,6 +38,8 @@ class Runner(Protocol):
 
     def run(self, head: str, batch: dict[str, np.ndarray]) -> Result: ...
 
+    # optional: ``release()`` frees the runner's weights; verify calls it once a side is done
+
 
 def load_ops(runtime: str):
     """The ops namespace of ``runtime``; raises MissingDependencyError with the pip extra to install."""
@@ -68,8 +70,17 @@ class CheckpointRunner:
         self.config = ckpt.config
         self.heads = runnable_heads(ckpt.head)
         self.name = name or ckpt.provenance.get("path", "checkpoint")
-        self._params = {n: self.ops.param(a) for n, a in ckpt.arrays().items()}
+        self._params: dict | None = None
         self._compiled: dict[str, object] = {}
+
+    def _parameters(self) -> dict:
+        if self._params is None:  # materialized on first run, one tensor at a time
+            self._params = {n: self.ops.param(t) for n, t in self.ckpt.tensors.items()}
+        return self._params
+
+    def release(self) -> None:
+        """Drop the framework copy of the weights (re-read on the next run)."""
+        self._params = None
 
     def _fn(self, head: str):
         if head not in self._compiled:
@@ -86,6 +97,6 @@ class CheckpointRunner:
         if head not in self.heads:
             raise SchemaError(f"{self.name} has head {self.ckpt.head!r}; it can run {', '.join(self.heads)}, not {head!r}")
         inputs = {k: self.ops.inputs(v) for k, v in batch.items()}
-        outputs, states = self._fn(head)(self._params, inputs)
+        outputs, states = self._fn(head)(self._parameters(), inputs)
         to_np = self.ops.to_numpy
         return Result({k: to_np(v) for k, v in outputs.items()}, tuple(to_np(s) for s in states))

@@ -176,11 +176,16 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     batch_for = batch_for or (lambda head: probe_batch(a.config, head))
-    reports, shapes = [], {}
+    batches = {head: batch_for(head) for head in chosen}
+    shapes = {f"{head}:{k}": list(v.shape) for head, batch in batches.items() for k, v in batch.items()}
+    # One side at a time, releasing its weights before the other runs: peak memory is one model.
+    results = []
+    for runner in (a, b):
+        results.append({head: runner.run(head, batches[head]) for head in chosen})
+        getattr(runner, "release", lambda: None)()
+    reports = []
     for head in chosen:
-        batch = batch_for(head)
-        shapes.update({f"{head}:{k}": list(v.shape) for k, v in batch.items()})
-        ra, rb = a.run(head, batch), b.run(head, batch)
+        ra, rb = results[0][head], results[1][head]
         missing = sorted(set(rb.outputs) ^ set(ra.outputs))
         if missing:
             raise SchemaError(f"head {head}: outputs differ by name between the sides: {', '.join(missing)}")
