@@ -121,9 +121,10 @@ def check_tensors(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, t
     if not (missing or unexpected or misshaped):
         return
     parts = [f"{source} does not match the canonical ELECTRA schema:"]
-    for title, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+    for title, names, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "),
+                              ("wrong shape", misshaped, "; ")):
         if names:
-            parts.append(f"  {title} ({len(names)}): " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else ""))
+            parts.append(f"  {title} ({len(names)}): " + sep.join(names[:12]) + (" ..." if len(names) > 12 else ""))
     if hint:
         parts.append(f"  fix: {hint}")
     raise SchemaError("\n".join(parts))
