@@ -112,4 +112,4 @@ def write(path: str | Path, tensors: Mapping[str, object] | Iterable[tuple[str, 
         fh.write(blob)
         for name, t in items:
             arr = np.asarray(t)
-            fh.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            fh.write(memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -85,12 +86,28 @@ class HeadReport:
         return all(d.ok for d in self.outputs)
 
     @property
+    def head_diff(self) -> Diff:
+        """The head's outputs as one drift stage, named "head": the worst of them."""
+        worst = max(self.outputs, key=lambda d: d.max_abs)
+        return Diff("head", worst.shape, worst.max_abs, max(d.max_rel for d in self.outputs), worst.worst_index,
+                    self.ok)
+
+    @property
+    def stages(self) -> list[Diff]:
+        """The drift table: embeddings, each layer, then the head (empty when no side exposes hidden states)."""
+        return [*self.drift, self.head_diff] if self.drift else []
+
+    @property
     def first_divergence(self) -> str | None:
         """Name of the first hidden state (or output) out of tolerance, or None."""
         for d in (*self.drift, *self.outputs):
             if not d.ok:
                 return d.name
         return None
+
+
+def _mark(d: Diff) -> str:
+    return f"{d.max_abs:.2e}{' ' if d.ok else '!'}"
 
 
 @dataclass
@@ -101,14 +118,24 @@ class Report:
     rtol: float
     heads: list[HeadReport]
     inputs: dict[str, list[int]] = field(default_factory=dict)   # input name -> shape
+    #: what the inputs were: "probe batch (seed 0)", "text (3 rows)", "file inputs.npz"
+    source: str = "probe batch (seed 0)"
 
     @property
     def ok(self) -> bool:
         return bool(self.heads) and all(h.ok for h in self.heads)
 
+    @property
+    def first_divergence(self) -> str | None:
+        """The earliest stage any head leaves tolerance at (drift order: embeddings, layers, head)."""
+        found = [h.first_divergence for h in self.heads if h.first_divergence]
+        order = {d.name: i for h in self.heads for i, d in enumerate(h.drift)}
+        return min(found, key=lambda name: order.get(name, len(order))) if found else None
+
     def to_dict(self) -> dict:
         return {
-            "a": self.a, "b": self.b, "ok": self.ok, "atol": self.atol, "rtol": self.rtol, "inputs": self.inputs,
+            "a": self.a, "b": self.b, "ok": self.ok, "atol": self.atol, "rtol": self.rtol,
+            "first_divergence": self.first_divergence, "source": self.source, "inputs": self.inputs,
             "heads": {
                 h.head: {
                     "ok": h.ok,
@@ -123,15 +150,32 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def drift_rows(self) -> list[tuple[str, list[Diff | None]]]:
+        """(stage, one Diff per head or None) for every stage any head has, in order; heads side by side."""
+        with_drift = [h for h in self.heads if h.drift]
+        names = list(dict.fromkeys(d.name for h in with_drift for d in h.stages))
+        by_head = [{d.name: d for d in h.stages} for h in with_drift]
+        return [(name, [stages.get(name) for stages in by_head]) for name in names]
+
     def table(self) -> str:
-        """A plain-text table: one line per head output."""
+        """Plain text: one line per head output, then the per-layer drift (max_abs, ``!`` = out of tolerance)."""
         lines = [f"{'head':<24} {'output':<18} {'max_abs':>10} {'max_rel':>10}  {'worst index':<14} result"]
         for h in self.heads:
             for d in h.outputs:
                 lines.append(f"{h.head:<24} {d.name:<18} {d.max_abs:>10.2e} {d.max_rel:>10.2e}  "
                              f"{str(list(d.worst_index)):<14} {'ok' if d.ok else 'MISMATCH'}")
-            if h.first_divergence:
-                lines.append(f"{'':<24} first divergence: {h.first_divergence}")
+        rows = self.drift_rows()
+        if rows:
+            heads = [h.head for h in self.heads if h.drift]
+            width = max(12, *(len(h) + 2 for h in heads))
+            lines += ["", f"{'drift (max_abs)':<18}" + "".join(f"{h:>{width}}" for h in heads)]
+            for name, diffs in rows:
+                lines.append(f"{name:<18}" + "".join(f"{_mark(d) if d else '-':>{width}}" for d in diffs))
+        elif self.heads:
+            lines += ["", "drift: not available (a side does not expose hidden states)"]
+        if self.first_divergence:
+            lines.append(f"first divergence: {self.first_divergence}")
+        lines.append(f"inputs: {self.source}")
         lines.append(f"tolerance: |a-b| <= {self.atol:g} + {self.rtol:g}*|b|  ->  {'EQUAL' if self.ok else 'NOT EQUAL'}")
         return "\n".join(lines)
 
@@ -141,12 +185,35 @@ class Report:
             for d in h.outputs:
                 rows.append(f"| {h.head} | {d.name} | {d.max_abs:.2e} | {d.max_rel:.2e} | {list(d.worst_index)} | "
                             f"{'ok' if d.ok else '**mismatch**'} |")
-        drift = ["", "| head | hidden state | max_abs | result |", "|---|---|---|---|"]
-        for h in self.heads:
-            drift += [f"| {h.head} | {d.name} | {d.max_abs:.2e} | {'ok' if d.ok else '**drift**'} |" for d in h.drift]
+        drift: list[str] = []
+        heads = [h.head for h in self.heads if h.drift]
+        if heads:
+            drift = ["", "## Drift per layer (max_abs; **bold** = out of tolerance)", "",
+                     "| stage | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+            for name, diffs in self.drift_rows():
+                cells = ["-" if d is None else (f"{d.max_abs:.2e}" if d.ok else f"**{d.max_abs:.2e}**") for d in diffs]
+                drift.append(f"| {name} | " + " | ".join(cells) + " |")
+        else:
+            drift = ["", "Drift per layer: not available (a side does not expose hidden states)."]
         verdict = "EQUAL" if self.ok else "NOT EQUAL"
+        first = [f"- first divergence: **{self.first_divergence}**"] if self.first_divergence else []
         return "\n".join([f"# verify: {verdict}", "", f"- A: `{self.a}`", f"- B: `{self.b}`",
-                          f"- tolerance: |a-b| <= {self.atol:g} + {self.rtol:g}*|b|", "", *rows, *drift, ""])
+                          f"- inputs: {self.source}", f"- tolerance: |a-b| <= {self.atol:g} + {self.rtol:g}*|b|",
+                          *first, "", "## Outputs", "", *rows, *drift, ""])
+
+    def write(self, path) -> None:
+        """Write the report as JSON (``.json``) or Markdown (``.md``), chosen by the extension."""
+        path = Path(path)
+        render = REPORT_FORMATS.get(path.suffix.lower())
+        if render is None:
+            raise SchemaError(f"report {path}: unknown extension {path.suffix!r}; use {', '.join(REPORT_FORMATS)}")
+        path.write_text(render(self) + "\n", encoding="utf-8")
+
+
+#: report file extension -> renderer
+REPORT_FORMATS: dict[str, Callable[[Report], str]] = {
+    ".json": Report.to_json, ".md": Report.to_markdown, ".markdown": Report.to_markdown,
+}
 
 
 def _diff_dict(d: Diff) -> dict:
@@ -172,6 +239,12 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
     if unknown or not chosen:
         raise SchemaError(f"no common head to compare: {a.name} has {', '.join(a.heads)}; {b.name} has "
                           f"{', '.join(b.heads)}" + (f"; asked for {', '.join(unknown)}" if unknown else ""))
+    # The probe batch indexes a's tables; b must accept the same ids, or the comparison is meaningless.
+    limits = ("vocab_size", "type_vocab_size", "max_position_embeddings")
+    differ = [f"{k} {getattr(a.config, k)} vs {getattr(b.config, k)}" for k in limits
+              if getattr(a.config, k) != getattr(b.config, k)]
+    if differ and batch_for is None:
+        raise SchemaError(f"{a.name} and {b.name} cannot take the same inputs: {', '.join(differ)}")
     default_atol, default_rtol = pair_tolerance(a, b)
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
