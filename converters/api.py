@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from electra_bridge.runtimes import CheckpointRunner, Report, Runner, compare
-from electra_bridge.schemas import BridgeError, Checkpoint, FormatError
+from electra_bridge.runtimes import inputs as user_inputs
+from electra_bridge.runtimes import text as text_inputs
+from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
-from . import FORMATS, format_module
+from . import FORMATS, assets, format_module, progress, tokenizer_assets
 
 log = logging.getLogger("electra_bridge")
 
@@ -84,6 +86,7 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
     tmp = _staging_dir(out)
     try:
         module.write(ckpt, tmp, **{k: v for k, v in options.items() if v is not None})
+        _complete_assets(ckpt, tmp)
         if check is not None:
             check(tmp)
         if out.exists():
@@ -93,6 +96,16 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _complete_assets(ckpt: Checkpoint, folder: Path) -> None:
+    """Tokenizer files travel with every conversion: add the source's assets a writer left out and
+    derive the missing tokenizer files (tokenizer.json, tokenizer_config.json, ...) from vocab.txt,
+    so the folder loads with transformers' AutoTokenizer. Files a writer wrote are never replaced."""
+    if not folder.is_dir():
+        return
+    files = tokenizer_assets.complete(ckpt.assets, ckpt.config)
+    assets.write(folder, {name: data for name, data in files.items() if not (folder / name).exists()})
 
 
 @dataclass
@@ -122,25 +135,115 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     ckpt = read(src, fmt, head=head, **read_options)
     out = Path(out)
     reports: list[Report] = []
+    n = len(ckpt.tensors)
+    # units: each tensor written, each tensor loaded by the source runner, two runs per compared head
+    with progress.Progress(n + (n + 2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
+        tracked = progress.track_tensors(ckpt, bar)
 
-    def check(tmp: Path) -> None:
-        source = CheckpointRunner(ckpt, runtime, name=str(src))
-        written = open_runner(tmp, to)
-        written.name = str(out)
-        report = compare(written, source, atol=atol, rtol=rtol)
-        reports.append(report)
-        if not report.ok:
-            raise VerificationError(f"{out} does not match {src}:\n{report.table()}", report)
+        def check(tmp: Path) -> None:
+            bar.describe(f"verifying {to}")
+            source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
+            written = open_runner(tmp, to)
+            written.name = str(out)
+            report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol)
+            reports.append(report)
+            if not report.ok:
+                raise VerificationError(f"{out} does not match {src}:\n{report.table()}", report)
 
-    _write_verified(ckpt, out, to, force=force, check=check if verify else None, options=dict(write_options or {}))
+        _write_verified(tracked, out, to, force=force, check=check if verify else None,
+                        options=dict(write_options or {}))
     return ConvertResult(out, ckpt, reports[0] if reports else None)
 
 
 def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, atol: float | None = None,
-           rtol: float | None = None, runtime: str = "numpy", batch_for=None) -> Report:
-    """Compare every output of every common head of two models of any formats (B is the reference)."""
-    return compare(open_runner(a, runtime=runtime), open_runner(b, runtime=runtime), heads=heads, atol=atol,
-                   rtol=rtol, batch_for=batch_for)
+           rtol: float | None = None, runtime: str = "numpy", batch_for=None, text: Sequence[str] | None = None,
+           text_pair: Sequence[str] | None = None, inputs: str | Path | Mapping | None = None,
+           report: str | Path | None = None, plot: str | Path | None = None,
+           read_options: Mapping | None = None) -> Report:
+    """Compare every output of every common head of two models of any formats (B is the reference).
+
+    Inputs: the standard probe batch, or ``text`` (with optional ``text_pair``) tokenized with
+    the vocabulary beside A (else B), or ``inputs`` (an .npz path or a dict of int arrays
+    [B, S] / [B, K, S]). ``report`` writes JSON or Markdown by extension, ``plot`` a PNG of the
+    per-layer drift. ``read_options`` (e.g. ``{"net": "generator"}``) reach each side's reader
+    when its format declares them.
+    """
+    if sum(x is not None for x in (batch_for, text, inputs)) > 1:
+        raise SchemaError("give at most one of text, inputs and batch_for")
+    if text_pair is not None and text is None:
+        raise SchemaError("--text-pair needs --text")
+    if report is not None and Path(report).suffix.lower() not in (".json", ".md", ".markdown"):
+        raise SchemaError(f"report {report}: use a .json or .md file name")
+    if plot is not None:   # fail before the long work, not after it
+        from electra_bridge.runtimes.plot import require_matplotlib
+        if Path(plot).suffix.lower() != ".png":
+            raise SchemaError(f"plot {plot}: the plot is a PNG; name it *.png")
+        require_matplotlib()
+    batch = user_inputs.load(inputs) if isinstance(inputs, (str, Path)) else (
+        user_inputs.complete(inputs, "inputs") if inputs is not None else None)
+    runners = [open_runner(p, runtime=runtime, **_declared(p, read_options)) for p in (a, b)]
+    source = "probe batch (seed 0)"
+    if text is not None:
+        cfg = runners[0].config
+        batch = text_inputs.tokenize(_text_assets(runners, (a, b)), list(text),
+                                     list(text_pair) if text_pair is not None else None,
+                                     pad_token_id=cfg.pad_token_id, max_length=cfg.max_position_embeddings)
+        source = f"text ({len(text)} {'pairs' if text_pair is not None else 'rows'}, {batch['input_ids'].shape[-1]} tokens)"
+    elif inputs is not None:
+        source = f"file {Path(inputs).name}" if isinstance(inputs, (str, Path)) else "given arrays"
+    if batch is not None:
+        for r in runners:
+            user_inputs.check(batch, r.config, source)
+        batch_for = lambda head: user_inputs.for_head(batch, head)  # noqa: E731
+    names = list(heads) if heads is not None else [h for h in runners[0].heads if h in runners[1].heads]
+    with progress.Progress(2 * len(names) + _tensor_count(runners), "reading") as bar:
+        tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]
+        result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for)
+    result.source = source
+    if report is not None:
+        result.write(report)
+    if plot is not None:
+        from electra_bridge.runtimes.plot import plot_drift
+        plot_drift(result, plot)
+    return result
+
+
+def _declared(path, options: Mapping | None) -> dict:
+    """The read options ``path``'s format declares (``--net`` reaches tf1 sides, not safetensors ones)."""
+    if not options:
+        return {}
+    fmt = detect_format(path)
+    module = format_module(fmt)
+    declared = {o.dest for o in getattr(module, "OPTIONS", ()) if o.stage == "read"}
+    return {"fmt": fmt, **{k: v for k, v in options.items() if k in declared and v is not None}}
+
+
+def _text_assets(runners, paths) -> dict[str, bytes]:
+    """The tokenizer files of A (else B): a checkpoint's own assets, else the files beside an artifact."""
+    found = []
+    for runner, path in zip(runners, paths):
+        ckpt = getattr(runner, "ckpt", None)
+        files = dict(ckpt.assets) if ckpt is not None else assets.collect(Path(path) if Path(path).is_dir()
+                                                                         else Path(path).parent)
+        if "vocab.txt" in files or "tokenizer.json" in files:
+            found.append((path, files))
+    if not found:
+        raise SchemaError(f"--text needs a vocabulary: neither {paths[0]} nor {paths[1]} has vocab.txt or "
+                          "tokenizer.json beside it")
+    if len(found) == 2 and found[0][1].get("vocab.txt") != found[1][1].get("vocab.txt"):
+        log.warning("A and B ship different vocabularies; tokenizing with A's (%s)", found[0][0])
+    return found[0][1]
+
+
+def _tensor_count(runners) -> int:
+    return sum(len(r.ckpt.tensors) for r in runners if isinstance(r, CheckpointRunner))
+
+
+def _track(runner, bar):
+    """A checkpoint runner whose weights tick ``bar`` as they load (artifacts load on their own)."""
+    if isinstance(runner, CheckpointRunner):
+        runner.ckpt = progress.track_tensors(runner.ckpt, bar)   # our own fresh runner: its weights load lazily
+    return runner
 
 
 def inspect(path: str | Path, fmt: str | None = None) -> dict:

@@ -1,6 +1,8 @@
-"""The ``electra-bridge`` command line: convert, verify, inspect.
+"""The ``electra-bridge`` command line: convert, verify, inspect, demo.
 
 Exit codes (all commands): 0 success / equal, 1 verification mismatch, 2 unusable input.
+Progress bars go to stderr only when it is a terminal and ``--quiet`` is not given;
+``--json`` makes stdout exactly one JSON document.
 """
 
 from __future__ import annotations
@@ -11,16 +13,30 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from electra_bridge.runtimes import RUNTIMES
+from electra_bridge.runtimes import RUNTIMES, TOLERANCES
 from electra_bridge.schemas import HEADS, BridgeError
 
-from . import FORMATS, api, format_module
+from . import FORMATS, api, format_module, progress
 from .options import Option
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
 
 EPILOG = """exit codes: 0 equal / success, 1 outputs differ beyond tolerance, 2 unusable input
 (missing or corrupt file, unknown format, schema mismatch, missing framework)."""
+
+VERIFY_EPILOG = """inputs: the standard probe batch by default (seeded: 3 rows of mixed length, right
+padding, both segment ids); --text "..." (repeatable; --text-pair once per --text) tokenized
+with the vocab.txt / tokenizer.json beside A (else B): [CLS] A [SEP] B [SEP]; or --inputs
+FILE.npz with input_ids [B,S] or [B,K,S] (+ optional attention_mask, token_type_ids).
+
+tolerance: an element passes when |a-b| <= atol + rtol*|b| (B is the reference). Defaults
+come from one table keyed by (runtime, dtype); a pair takes the looser of its two sides:
+""" + "\n".join(f"  {rt:<22} {dt:<8} atol {at:<7g} rtol {rt_:g}" for (rt, dt), (at, rt_) in TOLERANCES.items()) + """
+
+localisation: when both sides expose hidden states the report adds per-layer drift
+(embeddings, each layer, head) and names the first stage out of tolerance.
+
+""" + EPILOG
 
 
 def _format_options() -> list[Option]:
@@ -32,7 +48,7 @@ def _format_options() -> list[Option]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr")
+    p.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr (no progress bars)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
@@ -70,15 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(opt.flag, dest=opt.dest, help=f"[{opt.stage}] {opt.help}", **opt.kwargs)
     _add_common(c)
 
-    v = sub.add_parser("verify", help="run A and B on the probe batch and compare every output of every common head",
-                       description="Exit 0 when every output of every head both sides have is within tolerance, "
+    v = sub.add_parser("verify", help="run A and B on the same inputs and compare every output of every common head",
+                       description="Run A and B (checkpoints or artifacts of any supported format) on the same "
+                                   "inputs and compare every output of every head both have: max-abs, max-rel, "
+                                   "worst position, per-layer drift. Exit 0 when everything is within tolerance, "
                                    "1 when not, 2 for unusable input. B is the reference for relative errors.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("a")
-    v.add_argument("b")
+                       epilog=VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("a", help="model A (folder or file, any format)")
+    v.add_argument("b", help="model B, the reference (folder or file, any format)")
     v.add_argument("--heads", nargs="+", choices=heads, help="heads to compare (default: all common heads)")
-    v.add_argument("--json", action="store_true", help="print per-head, per-output max_abs / max_rel as JSON")
+    v.add_argument("--json", action="store_true", help="print the full report (per head, output and layer) as JSON")
+    v.add_argument("--report", metavar="PATH", help="also write the report to PATH: .json or .md (Markdown)")
+    v.add_argument("--plot", metavar="PATH.png", help="draw per-layer drift into a PNG (needs matplotlib)")
+    given = v.add_mutually_exclusive_group()
+    given.add_argument("--text", action="append", metavar="TEXT",
+                       help="tokenize TEXT with the model's vocabulary instead of the probe batch (repeatable)")
+    given.add_argument("--inputs", metavar="FILE.npz", help="saved input arrays instead of the probe batch")
+    v.add_argument("--text-pair", action="append", metavar="TEXT",
+                   help="second segment for the --text of the same position (repeat once per --text)")
     _add_tolerance(v)
+    for opt in options:
+        if opt.stage == "read":   # e.g. --net: reaches the sides whose format declares it
+            v.add_argument(opt.flag, dest=opt.dest, help=f"[read] {opt.help}", **opt.kwargs)
     _add_common(v)
 
     i = sub.add_parser("inspect", help="format, config, head, tensors and parameter count of PATH")
@@ -86,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--from", dest="fmt", choices=list(FORMATS), help="format (default: detected)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(i)
+
+    d = sub.add_parser("demo", help="take a bundled model through every installed format, verifying each hop",
+                       description="The toolkit's main job on an embedded model: convert it through every checkpoint "
+                                   "format available in this installation and export every artifact format, verify "
+                                   "each hop, print the table and write report.json, report.md and drift.png into "
+                                   "--out. Hops whose format or framework is missing are skipped with the reason.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out; replaced if it exists)")
+    d.add_argument("--head", choices=heads, help="head of the embedded model (default: pretraining)")
+    d.add_argument("--runtime", default="numpy", choices=list(RUNTIMES),
+                   help="runtime that executes checkpoint sides (default: numpy reference)")
+    d.add_argument("--json", action="store_true", help="print the hop table as JSON")
+    _add_common(d)
     return parser
 
 
@@ -109,9 +151,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = api.verify(args.a, args.b, heads=args.heads, atol=args.atol, rtol=args.rtol, runtime=args.runtime)
+    report = api.verify(args.a, args.b, heads=args.heads, atol=args.atol, rtol=args.rtol, runtime=args.runtime,
+                        text=args.text, text_pair=args.text_pair, inputs=args.inputs, report=args.report,
+                        plot=args.plot, read_options=_options(args, "read"))
     print(report.to_json() if args.json else report.table())
+    if not args.json and not args.quiet:
+        for kind, path in (("report", args.report), ("plot", args.plot)):
+            if path:
+                print(f"wrote {kind} {path}")
     return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    result = demo.run(args.out, head=args.head, runtime=args.runtime, echo=None if (args.json or args.quiet) else print)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table())
+        print(f"wrote {', '.join(str(p) for p in result.files)}")
+    return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -131,12 +191,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect}
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    progress.configure(False if args.quiet else None)
     try:
         return COMMANDS[args.command](args)
     except api.VerificationError as exc:

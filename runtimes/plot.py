@@ -1,0 +1,81 @@
+"""Draw a verify Report's per-layer drift as a PNG: where do two models part ways, at a glance.
+
+x: the stages in forward order (embeddings, layer 0..L-1, head); y: max |a - b| on a log
+scale, one line per head; a dashed line at atol; points out of tolerance in red; the
+first divergence marked with a vertical line. Exact zeros are drawn at a floor below the
+smallest non-zero value (log scales cannot show 0) and the axis says so.
+
+Needs matplotlib (``pip install 'electra-bridge[plot]'``); uses the Agg backend, so no
+display is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from electra_bridge.schemas import MissingDependencyError, SchemaError
+
+from .verify import Diff, Report
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError("--plot needs matplotlib: pip install 'electra-bridge[plot]'") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_drift(report: Report, path: str | Path, title: str | None = None) -> Path:
+    """Write ``path`` (PNG) with the drift of every head of ``report`` that has hidden states."""
+    verdict = "EQUAL" if report.ok else "NOT EQUAL"
+    title = title or f"drift per layer: {Path(report.a).name} vs {Path(report.b).name} ({verdict})"
+    return plot_series([(h.head, h.stages) for h in report.heads], path, atol=report.atol,
+                       first=report.first_divergence, title=title)
+
+
+def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, *, atol: float,
+                first: str | None = None, title: str = "drift per layer") -> Path:
+    """One line per (label, stages) -- e.g. per head of a report, or per hop of a demo."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise SchemaError(f"plot {path}: the plot is a PNG; name it *.png")
+    plt = require_matplotlib()
+    series = [(label, list(stages)) for label, stages in series if stages]
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=100)
+    try:
+        if not series:
+            ax.text(0.5, 0.5, "no per-layer drift: a side does not expose hidden states",
+                    ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            values = [d.max_abs for _, stages in series for d in stages if 0 < d.max_abs < float("inf")]
+            floor = min([*values, atol]) / 10
+            names = [d.name for d in max((stages for _, stages in series), key=len)]
+            for label, stages in series:
+                xs = [names.index(d.name) for d in stages]
+                ys = [floor if d.max_abs == 0 else d.max_abs for d in stages]
+                ax.plot(xs, ys, marker="o", label=label)
+                bad = [(x, y) for x, y, d in zip(xs, ys, stages) if not d.ok]
+                if bad:
+                    ax.scatter(*zip(*bad), color="red", zorder=3, s=60)
+            ax.axhline(atol, color="black", linestyle="--", linewidth=1, label=f"atol {atol:g}")
+            ax.set_yscale("log")
+            if first in names:
+                ax.axvline(names.index(first), color="red", linestyle=":", alpha=0.7)
+                ax.annotate(f" first divergence: {first}", (names.index(first), 0.93),
+                            xycoords=("data", "axes fraction"), color="red")
+            ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 8 else 0)
+            ax.set_ylabel(f"max |a - b|  (exact 0 drawn at {floor:.0e})")
+            ax.set_xlabel("stage (forward order); red = out of tolerance")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
