@@ -20,6 +20,7 @@ from electra_bridge.schemas import BridgeError
 FORMATS: dict[str, str] = {
     "safetensors": "electra_bridge.converters.hf_pytorch",
     "h5": "electra_bridge.converters.hf_h5",
+    "msgpack": "electra_bridge.converters.hf_flax",
 }
 
 
