@@ -10,7 +10,9 @@
    last good folder.
 3. Every artifact format (onnx, torchscript, torch-export) exported from the source and
    verified against it.
-4. Round trip: the last checkpoint of the chain verified against the source.
+4. Round trip: the last checkpoint of the chain verified against the source; and each
+   framework's own runtime (torch, tf, jax) running the hop written for it, against the
+   numpy reference on the source.
 5. The CI check itself: a copy of the source with one weight of the last layer nudged
    must be caught, with that layer named as the first divergence.
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from electra_bridge.runtimes import Report
+from electra_bridge.runtimes import Report, compare
 from electra_bridge.schemas import (
     BridgeError, Checkpoint, ElectraConfig, MissingDependencyError, SchemaError, get_head, head_shapes,
 )
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 CHAIN = ("safetensors", "h5", "msgpack", "tf1", "safetensors")
 #: deployment artifacts, each exported from the source
 ARTIFACTS = ("onnx", "torchscript", "torch-export")
+#: the framework each checkpoint format is made for: its hop is also run there, against the numpy source
+NATIVE_RUNTIME = {"safetensors": "torch", "h5": "tf", "msgpack": "jax", "tf1": "tf"}
 #: what `--out` must contain for the demo to replace it (it never deletes a folder it did not write)
 MARKER = ".electra-bridge-demo"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
@@ -97,12 +101,12 @@ class DemoResult:
 
     def table(self) -> str:
         w = max(6, *(len(h.source) for h in self.hops))
-        lines = [f"{'hop':<11} {'from':<{w}} {'format':<13} {'head':<12} {'max_abs':>9} {'max_rel':>9}  "
+        lines = [f"{'hop':<11} {'from':<{w}} {'format':<18} {'head':<12} {'max_abs':>9} {'max_rel':>9}  "
                  f"{'result':<18} {'seconds':>7}"]
         for h in self.hops:
             max_abs, max_rel = h.main_diff()
             num = (lambda v: f"{v:>9.2e}" if v is not None else f"{'-':>9}")
-            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<13} {h.head:<12} {num(max_abs)} {num(max_rel)}  "
+            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<18} {h.head:<12} {num(max_abs)} {num(max_rel)}  "
                          f"{h.result:<18} {h.seconds:>7.2f}" + (f"  ({h.reason})" if h.reason else ""))
         lines.append(f"source: {self.source}  ->  {'ALL HOPS VERIFIED' if self.ok else 'SOME HOPS FAILED'}")
         return "\n".join(lines)
@@ -179,6 +183,23 @@ def _first_line(exc: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
+def _native(hop: Hop, source: Path, head: str, rt: str, reference: str) -> Hop:
+    """Run ``hop``'s folder in its own framework and compare with the source under the reference runtime."""
+    start = time.perf_counter()
+    label = f"hop {hop.name} {hop.fmt}"
+    try:
+        a = api.open_runner(hop.path, hop.fmt, runtime=rt, head=head)
+        a.name = f"{hop.path} [{rt}]"
+        b = api.open_runner(source, "safetensors", runtime=reference, head=head)
+        report = compare(a, b)
+    except (MissingDependencyError, SchemaError) as exc:
+        return Hop("runtime", label, f"{hop.fmt}@{rt}", head, "skipped", time.perf_counter() - start, _first_line(exc))
+    except BridgeError as exc:
+        return Hop("runtime", label, f"{hop.fmt}@{rt}", head, "error", time.perf_counter() - start, _first_line(exc))
+    return Hop("runtime", label, f"{hop.fmt}@{rt}", head, "ok" if report.ok else "MISMATCH",
+               time.perf_counter() - start, f"{rt} vs {reference} on the source", hop.path, report)
+
+
 def _perturbed(source: Path, out: Path, head: str, runtime: str) -> Hop:
     """Nudge one weight of the last layer; verify must fail and name that layer first."""
     start = time.perf_counter()
@@ -232,6 +253,14 @@ def run(out: str | Path = "demo-out", *, head: str | None = None, runtime: str =
             hops.append(Hop("round trip", "source", prev_fmt, head, "error", time.perf_counter() - start,
                             _first_line(exc)))
         say(f"round trip: {hops[-1].result}")
+    seen: set[str] = set()
+    for hop in [h for h in hops if h.result == "ok" and h.fmt in NATIVE_RUNTIME]:
+        rt = NATIVE_RUNTIME[hop.fmt]
+        if rt in seen or rt == runtime:
+            continue
+        seen.add(rt)
+        hops.append(_native(hop, src, head, rt, runtime))
+        say(f"runtime {rt} on {hop.fmt}: {hops[-1].result}" + (f" ({hops[-1].reason})" if hops[-1].reason else ""))
     for fmt in ARTIFACTS:
         reason = _unavailable(fmt, "artifact")
         hop = Hop("artifact", "source", fmt, head, "skipped", reason=reason) if reason else \
