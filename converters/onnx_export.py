@@ -1,0 +1,236 @@
+"""ONNX export of every ELECTRA head, run by ONNX Runtime (an artifact format: written, run, verified).
+
+The graph is emitted by running runtimes/forward.py once over symbolic ONNX ops
+(runtimes/ops_onnx.py), so it computes exactly the reference math; no torch,
+transformers or Optimum is involved. The folder written is usable like an Optimum export:
+
+    model.onnx           (+ model.onnx.data when the weights pass 2 GB: external data)
+    config.json          the checkpoint's HF config for the head
+    vocab.txt, tokenizer.json, ...   tokenizer assets of the source
+
+Graph contract: inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` int64
+[batch_size, sequence_length] ([batch_size, num_choices, sequence_length] for
+multiple-choice), all axes dynamic; outputs float32, named as Optimum names them
+(``last_hidden_state``, ``logits``, ``start_logits`` / ``end_logits``). The model stores
+its head, config, graph kind and dtype in ``metadata_props`` so a bare .onnx is
+self-describing.
+
+Opset 17 by default: the first opset with a standard LayerNormalization, which the
+optimized graph uses for LayerNorms that have no residual; plain graphs run from opset 15
+(Shape with start/end). Default graph: optimized for ONNX Runtime on CPU
+(runtimes/onnx_fuse.py: Attention, SkipLayerNormalization, BiasGelu/Gelu (exact erf),
+LayerNormalization, Softmax contrib and standard ops); ``--plain``: the emitted graph,
+standard ONNX ops only, for any ONNX runtime. ``--quantize int8``: ONNX Runtime dynamic
+quantization (int8 weights of the dense layers); the convert step still verifies it
+against the float32 source and prints the measured logit deviation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from electra_bridge.schemas import Checkpoint, MissingDependencyError, SchemaError, get_head
+from electra_bridge.schemas.checkpoint import materialize
+
+from . import assets
+from .options import Option
+
+log = logging.getLogger(__name__)
+
+NAME = "onnx"
+KIND = "artifact"
+DESCRIPTION = "ONNX model (model.onnx + config.json + tokenizer files), run with ONNX Runtime"
+
+MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
+DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
+#: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: symbolic shape letters of schemas/heads.py -> dynamic axis names (Optimum's spelling)
+AXES = {"B": "batch_size", "S": "sequence_length", "K": "num_choices"}
+
+OPTIONS = (
+    Option("--opset", "write", f"ONNX opset of the exported graph (default {DEFAULT_OPSET}; plain graphs "
+           f"need >= {MIN_OPSET}, optimized ones >= {MIN_FUSED_OPSET})", {"type": int, "default": None}),
+    Option("--plain", "write", "ONNX export: a portable graph of standard ONNX ops, without ONNX Runtime "
+           "fusions (default: fused for ONNX Runtime CPU)", {"action": "store_true", "default": None}),
+    Option("--quantize", "write", "ONNX export: dynamic int8 quantization of the dense weights; the measured "
+           "logit deviation is reported by the verification", {"choices": ["int8"], "default": None}),
+)
+
+
+# ---- detection -----------------------------------------------------------------------------------
+
+def detect(path: Path) -> bool:
+    path = Path(path)
+    return (path.is_dir() and (path / MODEL_FILE).is_file()) or (path.is_file() and path.suffix == ".onnx")
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("ONNX export needs the onnx package: pip install 'electra-bridge[onnx]'") from exc
+
+
+def _dims(symbols) -> list[str | int]:
+    return [AXES.get(s, s) for s in symbols]
+
+
+def build_model(ckpt: Checkpoint, head: str | None = None, *, opset: int = DEFAULT_OPSET):
+    """The plain ONNX graph of ``head`` (default: the checkpoint's): forward.py over symbolic ops."""
+    _require_onnx()
+    from electra_bridge.runtimes.forward import forward
+    from electra_bridge.runtimes.onnx_runner import META_CONFIG, META_DTYPE, META_GRAPH, META_HEAD
+    from electra_bridge.runtimes.ops_onnx import GraphBuilder, OnnxOps
+
+    head = head or ckpt.head
+    spec = get_head(head)
+    if opset < MIN_OPSET:
+        raise SchemaError(f"opset {opset} is too old: the exported graph needs opset >= {MIN_OPSET}")
+    cfg = ckpt.config.for_head(head)
+    builder = GraphBuilder(opset)
+    ops = OnnxOps(builder)
+    params = {name: ops.param(name, materialize(t)) for name, t in sorted(ckpt.tensors.items())}
+    in_dims = _dims(("B", "K", "S") if spec.choices else ("B", "S"))
+    batch = {name: builder.input(name, in_dims) for name in INPUTS}
+    result = forward(params, cfg, head, batch, ops)
+    symbols = dict(spec.outputs)
+    sizes = {"H": cfg.hidden_size, "V": cfg.vocab_size, "C": cfg.num_labels}
+    outputs = {name: (result.outputs[name], [sizes.get(s, s) for s in _dims(symbols[name])]) for name in spec.output_names}
+    metadata = {META_HEAD: head, META_CONFIG: cfg.to_json(), META_GRAPH: "plain", META_DTYPE: "float32"}
+    return builder.model(outputs, metadata=metadata, graph_name=f"electra_{head.replace('-', '_')}")
+
+
+def _set_meta(model, **changes) -> None:
+    from electra_bridge.runtimes import onnx_runner as r
+
+    keys = {"graph": r.META_GRAPH, "dtype": r.META_DTYPE}
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update({keys[k]: v for k, v in changes.items()})
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def save(model, path: Path) -> list[Path]:
+    """Save ``model`` to ``path``; weights above ~2 GB go to ``model.onnx.data`` beside it."""
+    import onnx
+
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weight_bytes < EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path))
+        return [path]
+    location = path.name + ".data"
+    log.info("weights are %.2f GB: writing them to %s (ONNX external data)", weight_bytes / 1e9, location)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=1024)
+    return [path, path.parent / location]
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime dynamic quantization: int8 weights (per tensor), activations quantized per call.
+
+    Only MatMul and Attention are quantized: they hold the time; quantizing the embedding
+    Gathers would add error for no speed.
+    """
+    try:
+        from onnx import TensorProto
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise MissingDependencyError("--quantize needs onnxruntime: pip install 'electra-bridge[onnx]'") from exc
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the quantizer logs one line per tensor on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
+                         # contrib-op outputs have no inferred type; they are all float32 here
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT},
+                         use_external_data_format=(src.parent / (src.name + ".data")).exists())
+    finally:
+        logging.disable(previous)
+
+
+def write(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool | None = None,
+          quantize: str | None = None, **options) -> list[Path]:
+    """Write ``out/model.onnx`` + ``out/config.json`` + tokenizer assets (see the module docstring)."""
+    if options:
+        raise SchemaError(f"the onnx writer does not take {', '.join(sorted(options))}")
+    if quantize not in (None, "int8"):
+        raise SchemaError(f"--quantize supports int8 only, not {quantize!r}")
+    opset = opset or DEFAULT_OPSET
+    if not plain and opset < MIN_FUSED_OPSET:
+        raise SchemaError(f"the optimized graph needs opset >= {MIN_FUSED_OPSET} (LayerNormalization); "
+                          f"pass --opset {MIN_FUSED_OPSET} or --plain")
+    model = build_model(ckpt, opset=opset)
+    if not plain:
+        from electra_bridge.runtimes.onnx_fuse import fuse
+
+        # int8: QAttention has no attention_bias input (the quantizer would drop the mask), so
+        # quantized graphs feed Attention the raw 0/1 mask instead (runtimes/onnx_fuse.py)
+        fusions = fuse(model, ckpt.config.for_head(ckpt.head), mask="index" if quantize else "bias")
+        log.info("onnx: fused %s", ", ".join(f"{n} {op}" for op, n in sorted(fusions.items())) or "nothing")
+        _set_meta(model, graph="optimized")
+    path = out / MODEL_FILE
+    if quantize:
+        float_path = out / ".float32.onnx"
+        save(model, float_path)
+        del model
+        quantize_int8(float_path, path)
+        import onnx
+
+        quantized = onnx.load(str(path))
+        _set_meta(quantized, dtype="int8")
+        for leftover in [*out.glob(".float32.onnx*"), path, out / DATA_FILE]:
+            if leftover.exists():
+                leftover.unlink()
+        written = save(quantized, path)
+    else:
+        written = save(model, path)
+    (out / "config.json").write_text(ckpt.config.for_head(ckpt.head).to_json())
+    return [*written, out / "config.json", *assets.write(out, ckpt.assets)]
+
+
+# ---- running and inspecting -------------------------------------------------------------------------
+
+def open_runner(path: Path, *, threads: int | None = None):
+    """An ONNX Runtime CPU runner for a folder with model.onnx or a .onnx file."""
+    from electra_bridge.runtimes.onnx_runner import OnnxRunner
+
+    return OnnxRunner(path, threads=threads)
+
+
+def inspect(path: Path) -> dict:
+    """Head, config, graph kind, dtype, inputs/outputs with their axes, operator counts, parameters."""
+    _require_onnx()
+    import onnx
+
+    from electra_bridge.runtimes.onnx_runner import describe, model_path
+
+    file = model_path(path)
+    cfg, head, graph, dtype = describe(file)
+    model = onnx.load(str(file), load_external_data=False)
+
+    def dims(vi):
+        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    external = file.parent / (file.name + ".data")
+    return {
+        "head": head,
+        "graph": graph,
+        "dtype": dtype,
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "config": cfg.to_dict(),
+        "inputs": {i.name: dims(i) for i in model.graph.input},
+        "outputs": {o.name: dims(o) for o in model.graph.output},
+        "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
+        "external_data": external.name if external.exists() else None,
+        "tensors": [{"name": t.name, "shape": list(t.dims), "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
+                    for t in model.graph.initializer if not t.name.startswith("/")],
+    }

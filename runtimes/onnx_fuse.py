@@ -1,0 +1,375 @@
+"""Rewrite the plain exported graph into ONNX Runtime's fused CPU kernels, in place.
+
+The plain graph (runtimes/ops_onnx.py running runtimes/forward.py) spells every formula
+out. These rewrites recognise exactly the shapes forward.py emits and replace each with
+one kernel of equal math:
+
+    ReduceMax, Sub, Exp, ReduceSum, Div                       -> Softmax (axis -1)
+    q/k/v dense + head split, QK^T / sqrt(d) + bias, Softmax,
+      context matmul + head merge                             -> com.microsoft Attention
+    LayerNorm of (dense + residual)                           -> com.microsoft SkipLayerNormalization
+    other LayerNorms                                          -> LayerNormalization (opset 17)
+    0.5*x*(1+erf(x/sqrt 2)) of (dense)                        -> com.microsoft BiasGelu (exact erf)
+    other exact GELUs                                         -> com.microsoft Gelu (exact erf)
+
+Never FastGelu: it is the tanh approximation (4.7e-4 off per activation, formats.md 7).
+Attention keeps forward.py's additive mask exactly: the [B, 1, 1|S, S] bias (0 or
+finfo(float32).min, causal part included) is expanded to [B, 1, S, S] once and fed as
+the Attention ``attention_bias`` input, so padded and even fully padded rows match the
+reference (the ``mask_index`` input would apply ONNX Runtime's own -10000 fill instead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from electra_bridge.schemas import ElectraConfig
+
+MS = "com.microsoft"
+
+
+class _Index:
+    """Producer/consumer maps and constant lookup over a graph's nodes."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in graph.node:
+            for o in n.output:
+                self.producer[o] = n
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.outputs = {o.name for o in graph.output}
+
+    def op(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        n = self.producer.get(name)
+        return n if n is not None and n.op_type == op_type else None
+
+    def const(self, name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
+
+    def scalar(self, name: str) -> float | None:
+        v = self.const(name)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
+    def is_weight(self, name: str) -> bool:
+        return name in self.inits
+
+    def private(self, name: str, users: int = 1) -> bool:
+        """Only ``users`` nodes read ``name`` and it is not a graph output (safe to fuse away)."""
+        return len(self.consumers[name]) == users and name not in self.outputs
+
+    def axes(self, node: onnx.NodeProto) -> list[int] | None:
+        for a in node.attribute:
+            if a.name == "axes":
+                return list(a.ints)
+        return [int(x) for x in self.const(node.input[1])] if len(node.input) > 1 else None
+
+    def attr(self, node: onnx.NodeProto, name: str):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def _other(node: onnx.NodeProto, name: str) -> str | None:
+    """The other input of a binary node, given one of them."""
+    a, b = node.input
+    return b if a == name else a if b == name else None
+
+
+def _near(value: float | None, target: float, tol: float = 1e-6) -> bool:
+    return value is not None and abs(value - target) <= tol * max(1.0, abs(target))
+
+
+# ---- matchers: each returns the replacement nodes for the pattern ending at ``node``, or None ------
+
+def _softmax(ix: _Index, node) -> list | None:
+    if node.op_type != "Div":
+        return None
+    e_name, s_name = node.input
+    s, e = ix.op(s_name, "ReduceSum"), ix.op(e_name, "Exp")
+    if s is None or e is None or s.input[0] != e_name or ix.axes(s) != [-1]:
+        return None
+    sh = ix.op(e.input[0], "Sub")
+    mx = sh and ix.op(sh.input[1], "ReduceMax")
+    if mx is None or mx.input[0] != sh.input[0] or ix.axes(mx) != [-1]:
+        return None
+    return [helper.make_node("Softmax", [sh.input[0]], [node.output[0]], name=f"{node.name}_softmax", axis=-1)]
+
+
+def _dense(ix: _Index, name: str):
+    """``name`` = Add(MatMul(x, W), b) with weights W [in, out] and b [out] -> (x, W, b, matmul output)."""
+    add = ix.op(name, "Add")
+    if add is None:
+        return None
+    for mm_out in add.input:
+        mm, bias = ix.op(mm_out, "MatMul"), _other(add, mm_out)
+        if mm is not None and ix.is_weight(bias) and ix.is_weight(mm.input[1]):
+            return mm.input[0], mm.input[1], bias, mm_out
+    return None
+
+
+def _heads_split(ix: _Index, name: str, num_heads: int, head_dim: int):
+    """``name`` = Transpose(Reshape(dense, [B, S, N, d]), 0 2 1 3) -> dense match."""
+    tr = ix.op(name, "Transpose")
+    rs = tr and ix.op(tr.input[0], "Reshape")
+    if rs is None or ix.attr(tr, "perm") != [0, 2, 1, 3]:
+        return None
+    shape = ix.op(rs.input[1], "Concat")
+    if shape is None or len(shape.input) != 4 or [ix.scalar(s) for s in shape.input[2:]] != [num_heads, head_dim]:
+        return None
+    return _dense(ix, rs.input[0])
+
+
+def _attention(ix: _Index, node, cfg: ElectraConfig, state: dict) -> list | None:
+    if node.op_type != "MatMul":
+        return None
+    n_heads, d = cfg.num_attention_heads, cfg.head_dim
+    probs = ix.op(node.input[0], "Softmax")
+    scored = probs and ix.op(probs.input[0], "Add")
+    if scored is None or ix.attr(probs, "axis") not in (-1, 3):
+        return None
+    scaled_name = next((i for i in scored.input if ix.op(i, "Div")), None)
+    if scaled_name is None:
+        return None
+    bias = _other(scored, scaled_name)
+    scaled = ix.op(scaled_name, "Div")
+    divisor = ix.scalar(scaled.input[1])
+    qk = ix.op(scaled.input[0], "MatMul")
+    kt = qk and ix.op(qk.input[1], "Transpose")
+    if divisor is None or kt is None or ix.attr(kt, "perm") != [0, 1, 3, 2]:
+        return None
+    q, k, v = (_heads_split(ix, n, n_heads, d) for n in (qk.input[0], kt.input[0], node.input[1]))
+    if not (q and k and v) or len({q[0], k[0], v[0]}) != 1:
+        return None
+    merge = ix.consumers[node.output[0]]
+    if len(merge) != 1 or merge[0].op_type != "Transpose" or ix.attr(merge[0], "perm") != [0, 2, 1, 3]:
+        return None
+    reshape = ix.consumers[merge[0].output[0]]
+    if len(reshape) != 1 or reshape[0].op_type != "Reshape":
+        return None
+    attrs = {"num_heads": n_heads}
+    if not _near(divisor, math.sqrt(d)):
+        attrs["scale"] = 1.0 / divisor
+    if state["mask"] == "index":
+        mask_index, nodes = _mask_index(ix, bias, state)
+        if mask_index is None:
+            return None
+        attrs.update(state["causal"][bias])
+        mask_inputs = [mask_index]
+    else:
+        mask_inputs, nodes = ["", "", _expanded_bias(bias, state)], []
+        if bias not in state["expanded"]:
+            nodes, state["expanded"][bias] = state["pending"], True
+    x, out = q[0], reshape[0].output[0]
+    state["drop"].update({merge[0].name, reshape[0].name})                    # Attention writes ``out`` itself
+    weight = np.concatenate([ix.const(m[1]) for m in (q, k, v)], axis=1)      # [H, 3H]: q | k | v
+    qkv_bias = np.concatenate([ix.const(m[2]) for m in (q, k, v)])            # [3H]
+    prefix = node.name.rsplit("_", 1)[0] + f"_{len(state['new_inits'])}"
+    w_name, b_name = f"{prefix}/qkv.weight", f"{prefix}/qkv.bias"
+    state["new_inits"] += [numpy_helper.from_array(weight.astype(np.float32), w_name),
+                           numpy_helper.from_array(qkv_bias.astype(np.float32), b_name)]
+    return [*nodes, helper.make_node("Attention", [x, w_name, b_name, *mask_inputs], [out],
+                                     name=f"{prefix}/attention", domain=MS, **attrs)]
+
+
+def _expanded_bias(bias: str, state: dict) -> str:
+    """The name of ``bias`` [B, 1, 1|S, S] expanded to [B, 1, S, S] (Attention wants S rows);
+    the nodes computing it are left in state["pending"] for the first Attention to emit."""
+    full = f"{bias}/expanded"
+    state["pending"] = [
+        helper.make_node("Shape", [bias], [f"{bias}/shape_b1"], start=0, end=2, name=f"{bias}/shape_b1_node"),
+        helper.make_node("Shape", [bias], [f"{bias}/shape_s"], start=3, end=4, name=f"{bias}/shape_s_node"),
+        helper.make_node("Concat", [f"{bias}/shape_b1", f"{bias}/shape_s", f"{bias}/shape_s"], [f"{full}/shape"],
+                         axis=0, name=f"{full}/shape_node"),
+        helper.make_node("Expand", [bias, f"{full}/shape"], [full], name=f"{full}_node"),
+    ]
+    return full
+
+
+def _mask_index(ix: _Index, bias: str, state: dict):
+    """For ``mask="index"``: the int32 [B, S] 0/1 mask behind ``bias`` (and nodes making it).
+
+    Walks up from the additive bias to the Cast of the integer attention mask
+    (forward.attention_bias); a LessOrEqual on the way marks the causal mask
+    (state["causal"][bias] holds the ``unidirectional`` attribute).
+    """
+    if bias in state["index"]:
+        return state["index"][bias], []
+    seen, todo, cast, causal = set(), [bias], None, False
+    while todo:
+        node = ix.producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        causal |= node.op_type == "LessOrEqual"
+        if node.op_type == "Cast" and cast is None and not ix.op(node.input[0], "LessOrEqual"):
+            cast = node
+            continue
+        todo += list(node.input)
+    if cast is None:
+        return None, []
+    index = f"{cast.input[0]}/int32"
+    state["index"][bias], state["causal"][bias] = index, ({"unidirectional": 1} if causal else {})
+    return index, [helper.make_node("Cast", [cast.input[0]], [index], name=f"{index}_cast", to=onnx.TensorProto.INT32)]
+
+
+def _layer_norm(ix: _Index, node) -> list | None:
+    """Add(Mul(Div(x - mean, sqrt(var + eps)), gamma), beta) as forward.layer_norm emits it."""
+    if node.op_type != "Add":
+        return None
+    scaled_name = next((i for i in node.input if ix.op(i, "Mul")), None)
+    beta = scaled_name and _other(node, scaled_name)
+    if scaled_name is None or not ix.is_weight(beta):
+        return None
+    scaled = ix.op(scaled_name, "Mul")
+    div_name = next((i for i in scaled.input if ix.op(i, "Div")), None)
+    gamma = div_name and _other(scaled, div_name)
+    if div_name is None or not ix.is_weight(gamma):
+        return None
+    div = ix.op(div_name, "Div")
+    centered, sq = ix.op(div.input[0], "Sub"), ix.op(div.input[1], "Sqrt")
+    plus_eps = sq and ix.op(sq.input[0], "Add")
+    if centered is None or plus_eps is None:
+        return None
+    var = next((ix.op(i, "ReduceMean") for i in plus_eps.input if ix.op(i, "ReduceMean")), None)
+    eps = var and ix.scalar(_other(plus_eps, var.output[0]))
+    square = var and ix.op(var.input[0], "Mul")
+    mean = ix.op(centered.input[1], "ReduceMean")
+    x = centered.input[0]
+    if (eps is None or square is None or list(square.input) != [div.input[0]] * 2 or mean is None
+            or mean.input[0] != x or ix.axes(mean) != [-1] or ix.axes(var) != [-1]):
+        return None
+    out, name = node.output[0], f"{node.name}_layernorm"
+    residual = ix.op(x, "Add")
+    if residual is not None and ix.private(x, users=2):                     # x = dense + skip
+        for dense_out in residual.input:
+            dense = _dense(ix, dense_out)
+            if dense is not None and ix.private(dense_out):
+                skip = _other(residual, dense_out)
+                return [helper.make_node("SkipLayerNormalization", [dense[3], skip, gamma, beta, dense[2]], [out],
+                                         name=name, domain=MS, epsilon=eps)]
+    return [helper.make_node("LayerNormalization", [x, gamma, beta], [out], name=name, axis=-1, epsilon=eps)]
+
+
+def _gelu(ix: _Index, node) -> list | None:
+    """Mul(Mul(0.5, x), Add(1, Erf(Mul(x, 1/sqrt 2)))) as forward's exact "gelu" emits it."""
+    if node.op_type != "Mul":
+        return None
+    for half_name in node.input:
+        half, plus = ix.op(half_name, "Mul"), ix.op(_other(node, half_name), "Add")
+        if half is None or plus is None:
+            continue
+        erf = next((ix.op(i, "Erf") for i in plus.input if ix.op(i, "Erf")), None)
+        if erf is None or not _near(ix.scalar(_other(plus, erf.output[0])), 1.0):
+            continue
+        inner = ix.op(erf.input[0], "Mul")
+        x = next((i for i in half.input if _near(ix.scalar(_other(half, i)), 0.5)), None)
+        if inner is None or x is None or x not in inner.input or not _near(ix.scalar(_other(inner, x)), 1 / math.sqrt(2)):
+            continue
+        dense = _dense(ix, x)
+        if dense is not None and ix.private(x, users=2) and len(ix.const(dense[2]).shape) == 1:
+            return [helper.make_node("BiasGelu", [dense[3], dense[2]], [node.output[0]], name=f"{node.name}_biasgelu",
+                                     domain=MS)]
+        return [helper.make_node("Gelu", [x], [node.output[0]], name=f"{node.name}_gelu", domain=MS)]
+    return None
+
+
+# ---- driver --------------------------------------------------------------------------------------
+
+def _rewrite(model: onnx.ModelProto, matcher, counts: Counter, label: str) -> None:
+    """Replace every match (one pass, matches found on the graph as it was) and drop dead nodes."""
+    graph = model.graph
+    ix = _Index(graph)
+    nodes = []
+    for node in graph.node:
+        replacement = matcher(ix, node)
+        if replacement is None:
+            nodes.append(node)
+            continue
+        counts[label] += 1
+        nodes += replacement
+    del graph.node[:]
+    graph.node.extend(_toposort(nodes, graph))
+    _prune(model)
+
+
+def _toposort(nodes: list, graph: onnx.GraphProto) -> list:
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    waiting, order = list(nodes), []
+    while waiting:
+        rest = [n for n in waiting if not all(i in ready for i in n.input)]
+        done = [n for n in waiting if all(i in ready for i in n.input)]
+        if not done:
+            raise ValueError("fusion left a cycle or an undefined tensor: " + ", ".join(n.name for n in rest[:5]))
+        for n in done:
+            ready.update(n.output)
+        order += done
+        waiting = rest
+    return order
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Drop nodes no output depends on, then initializers nothing reads."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    kept = []
+    for n in reversed(graph.node):
+        if any(o in needed for o in n.output):
+            kept.append(n)
+            needed.update(n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, mask: str = "bias") -> dict[str, int]:
+    """Fuse ``model`` (a plain graph from converters/onnx_export.build_model) in place.
+
+    ``mask="bias"`` (default) feeds Attention forward.py's exact additive bias;
+    ``mask="index"`` feeds the raw 0/1 mask (``mask_index``, plus ``unidirectional`` for
+    causal-lm) instead, which ONNX Runtime fills with -10000: equal on every row with at
+    least one real token, but the int8 quantizer keeps only this input (QAttention has
+    no attention_bias and silently drops it -- measured: padding then leaks into logits).
+
+    Returns how many of each fused kernel were created. Softmax goes first (Attention
+    matches on it), LayerNorm before GELU (BiasGelu and SkipLayerNorm share no nodes).
+    """
+    counts: Counter = Counter()
+    state = {"expanded": {}, "pending": [], "new_inits": [], "drop": set(), "mask": mask, "index": {}, "causal": {}}
+    _rewrite(model, _softmax, counts, "Softmax")
+
+    def attention(ix, node):
+        return _attention(ix, node, cfg, state)
+
+    graph = model.graph
+    ix = _Index(graph)
+    nodes = []
+    for node in graph.node:
+        replacement = attention(ix, node)
+        if replacement is None:
+            nodes.append(node)
+        else:
+            counts["Attention"] += 1
+            nodes += replacement
+    graph.initializer.extend(state["new_inits"])
+    nodes = [n for n in nodes if n.name not in state["drop"]]
+    del graph.node[:]
+    graph.node.extend(_toposort(nodes, graph))
+    _prune(model)
+    _rewrite(model, _layer_norm, counts, "LayerNorm")
+    _rewrite(model, _gelu, counts, "Gelu")
+    counts = Counter({k: v for k, v in counts.items()})
+    ops = Counter(n.op_type for n in model.graph.node)
+    for name in ("SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu", "Attention", "Softmax"):
+        counts[name] = ops.get(name, 0)
+    if not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
+    return {k: v for k, v in counts.items() if k in ops}
