@@ -32,7 +32,9 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("torch-export", "float32"): (1e-5, 1e-4),
     ("onnxruntime", "float32"): (1e-5, 1e-4),
     ("onnxruntime-optimized", "float32"): (1e-4, 1e-3),
-    ("onnxruntime", "int8"): (5e-1, 5e-1),
+    # dynamic int8 (onnx --quantize int8): measured max-abs <= 0.047 on the fixtures, 0.008 on a random
+    # electra-base; a quantized graph that lost its padding mask measured 0.116, so 0.5 would hide it
+    ("onnxruntime", "int8"): (1e-1, 1e-1),
 }
 DEFAULT_TOLERANCE_BY_DTYPE = {"float32": (1e-5, 1e-4), "float16": (1e-2, 1e-2), "int8": (5e-1, 5e-1)}
 

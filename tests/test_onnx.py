@@ -1,0 +1,278 @@
+"""ONNX export of every head (plain and ONNX-Runtime-optimized graphs), the ONNX Runtime runner,
+int8 quantization, and the failure modes: a perturbed weight must fail verification."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import HEADS, golden, max_abs, run_cli, run_python, spec
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from electra_bridge.converters import convert, onnx_export, open_runner, read  # noqa: E402
+from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch  # noqa: E402
+from electra_bridge.runtimes.onnx_runner import OnnxRunner  # noqa: E402
+from electra_bridge.schemas import Checkpoint, ElectraConfig, SchemaError, get_head, head_shapes  # noqa: E402
+
+GRAPHS = {"plain": {"plain": True}, "optimized": {}}
+#: (batch, sequence, choices): none of them is the probe batch (3, 11, 3); nothing is fixed at export
+SHAPES = [(1, 5, 2), (4, 23, 4), (2, 40, 1)]
+BLOCKED = ("torch", "tensorflow", "jax", "transformers", "electra_bridge", "optimum")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(head, graph) -> folder, exported once per module."""
+    cache = {}
+
+    def get(head, graph):
+        if (head, graph) not in cache:
+            out = tmp_path_factory.mktemp(f"{head}-{graph}")
+            onnx_export.write(read(spec.HF_SAFETENSORS / head), out, **GRAPHS[graph])
+            cache[head, graph] = out
+        return cache[head, graph]
+    return get
+
+
+def worst_diff(runner, reference, head, shapes=SHAPES, atol=None):
+    """Largest max-abs over ``shapes``; each comparison must also pass the tolerance table (or ``atol``)."""
+    worst = 0.0
+    for batch, seq, choices in shapes:
+        report = compare(runner, reference, heads=[head], atol=atol,
+                         batch_for=lambda h: probe_batch(reference.config, h, batch=batch, seq=seq, choices=choices,
+                                                         seed=batch * seq))
+        assert report.ok, report.table()
+        worst = max(worst, *(d.max_abs for h in report.heads for d in h.outputs))
+    return worst
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_matches_the_numpy_reference_at_new_shapes(head, graph, exported):
+    runner = OnnxRunner(exported(head, graph))
+    assert runner.heads == (head,)
+    assert runner.runtime == {"plain": "onnxruntime", "optimized": "onnxruntime-optimized"}[graph]
+    worst = worst_diff(runner, CheckpointRunner(read(spec.HF_SAFETENSORS / head)), head)
+    print(f"{head} {graph}: max_abs {worst:.2e}")
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_matches_transformers_golden_outputs(head, graph, exported):
+    inputs, outputs, _ = golden(head)
+    got = OnnxRunner(exported(head, graph)).run(head, inputs).outputs
+    assert sorted(got) == sorted(outputs)
+    for name, want in outputs.items():
+        assert max_abs(got[name], want) <= 1e-5, name
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_graph_interface_is_optimums(head, exported):
+    """int64 inputs with dynamic axes named as Optimum names them; outputs named per head."""
+    model = onnx.load(str(exported(head, "optimized") / "model.onnx"))
+    axes = ["batch_size", "num_choices", "sequence_length"] if head == "multiple-choice" else ["batch_size",
+                                                                                              "sequence_length"]
+    for i in model.graph.input:
+        assert i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert [d.dim_param for d in i.type.tensor_type.shape.dim] == axes
+    assert sorted(i.name for i in model.graph.input) == ["attention_mask", "input_ids", "token_type_ids"]
+    assert tuple(o.name for o in model.graph.output) == get_head(head).output_names
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["electra_bridge.head"] == head and meta["electra_bridge.graph"] == "optimized"
+    assert ElectraConfig.from_dict(json.loads(meta["electra_bridge.config"])) == read(spec.HF_SAFETENSORS / head).config
+
+
+@pytest.mark.parametrize("head", ["pretraining", "masked-lm", "causal-lm"])
+def test_optimized_graph_is_fused_and_plain_graph_is_standard(head, exported):
+    ops = lambda g: {(n.domain or "", n.op_type) for n in onnx.load(str(exported(head, g) / "model.onnx")).graph.node}  # noqa
+    fused, plain = ops("optimized"), ops("plain")
+    layers = spec.CONFIG["num_hidden_layers"]
+    counts = {}
+    for n in onnx.load(str(exported(head, "optimized") / "model.onnx")).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    assert counts["Attention"] == layers and counts["SkipLayerNormalization"] == 2 * layers
+    assert counts["BiasGelu"] >= layers
+    assert not {"Erf", "Softmax", "ReduceMean", "FastGelu"} & {op for _, op in fused}  # exact erf gelu only, fused
+    assert {domain for domain, _ in plain} == {""}
+    assert {"Erf", "ReduceMean"} <= {op for _, op in plain}
+
+
+def test_fresh_process_with_only_onnxruntime_and_numpy(exported, tmp_path):
+    head = "question-answering"
+    folder = exported(head, "optimized")
+    batch = probe_batch(read(spec.HF_SAFETENSORS / head).config, head, batch=2, seq=17)
+    want = CheckpointRunner(read(spec.HF_SAFETENSORS / head)).run(head, batch).outputs
+    np.savez(tmp_path / "inputs.npz", **batch)
+    proc = run_python(f"""
+        import json, sys
+        import numpy as np, onnxruntime as ort
+        feed = dict(np.load({str(tmp_path / 'inputs.npz')!r}))
+        sess = ort.InferenceSession({str(folder / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
+        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        np.savez({str(tmp_path / 'out.npz')!r}, **out)
+        print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {set(BLOCKED)!r})))
+    """, blocked=BLOCKED)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    got = np.load(tmp_path / "out.npz")
+    assert sorted(got.files) == ["end_logits", "start_logits"]
+    for name in got.files:
+        assert max_abs(got[name], want[name]) <= 1e-5
+
+
+def test_export_imports_no_torch_transformers_or_optimum(tmp_path):
+    proc = run_python(f"""
+        import sys
+        from electra_bridge.converters import convert
+        result = convert({str(spec.HF_SAFETENSORS / 'pretraining')!r}, {str(tmp_path / 'out')!r}, "onnx")
+        assert result.report.ok
+        heavy = sorted(m for m in sys.modules if m.split('.')[0] in ("torch", "transformers", "optimum"))
+        print("loaded:", heavy)
+    """, blocked=("torch", "transformers", "optimum", "tensorflow", "jax"))
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded: []" in proc.stdout
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_folder_is_usable_like_an_optimum_export(tmp_path):
+    result = convert(spec.HF_SAFETENSORS / "sequence-classification", tmp_path / "out", "onnx")
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"model.onnx", "config.json", "vocab.txt", "tokenizer.json"} <= set(files)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["architectures"] == ["ElectraForSequenceClassification"] and cfg["model_type"] == "electra"
+    assert result.report.ok and result.report.heads[0].outputs[0].max_abs <= 1e-5
+
+
+def test_bare_onnx_file_is_self_describing(exported, tmp_path):
+    shutil.copy(exported("multiple-choice", "optimized") / "model.onnx", tmp_path / "mc.onnx")
+    runner = open_runner(tmp_path / "mc.onnx")                       # no config.json beside it
+    assert runner.heads == ("multiple-choice",) and runner.config.num_hidden_layers == 2
+    assert worst_diff(runner, CheckpointRunner(read(spec.HF_SAFETENSORS / "multiple-choice")), "multiple-choice") <= 1e-5
+
+
+def test_head_option_and_cli_convert_verify_inspect(tmp_path):
+    out = tmp_path / "disc-base"
+    proc = run_cli("convert", spec.HF_SAFETENSORS / "pretraining", out, "--to", "onnx", "--head", "base", "--plain")
+    assert proc.returncode == 0, proc.stderr
+    assert "EQUAL" in proc.stdout
+    proc = run_cli("verify", out, spec.HF_SAFETENSORS / "pretraining")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert info["format"] == "onnx" and info["head"] == "base" and info["graph"] == "plain"
+    assert info["inputs"]["input_ids"] == ["batch_size", "sequence_length"]
+    assert info["outputs"]["last_hidden_state"] == ["batch_size", "sequence_length", 32]
+
+
+def test_a_perturbed_weight_fails_verify(exported, tmp_path):
+    """Corrupt one attention weight inside the ONNX file: `verify` must exit 1, not warn."""
+    model = onnx.load(str(exported("token-classification", "optimized") / "model.onnx"))
+    target = next(t for t in model.graph.initializer if "qkv.weight" in t.name)
+    array = onnx.numpy_helper.to_array(target).copy()
+    array[:, 0] += 0.05                                 # one query unit of layer 0
+    target.CopyFrom(onnx.numpy_helper.from_array(array, target.name))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    proc = run_cli("verify", tmp_path / "bad.onnx", spec.HF_SAFETENSORS / "token-classification")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout
+
+
+def test_int8_deviation_is_measured_and_reported(tmp_path):
+    proc = run_cli("convert", spec.HF_SAFETENSORS / "sequence-classification", tmp_path / "q", "--to", "onnx",
+                   "--quantize", "int8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    report = data.get("report", data)
+    deviation = report["heads"]["sequence-classification"]["outputs"]["logits"]["max_abs"]
+    assert 0 < deviation <= 0.1                        # int8 is not exact, and the report says by how much
+    runner = OnnxRunner(tmp_path / "q")
+    assert runner.dtype == "int8" and runner.runtime == "onnxruntime"
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    attention = [n for n in model.graph.node if n.op_type == "QAttention"]
+    assert attention and all(len(n.input) > 5 and n.input[5] for n in attention)  # the padding mask survived
+
+
+def test_int8_keeps_padding_out_of_the_logits(tmp_path):
+    """A padded row must score like the same tokens unpadded (the quantizer once dropped the mask)."""
+    ckpt = read(spec.HF_SAFETENSORS / "token-classification")
+    onnx_export.write(ckpt, tmp_path, quantize="int8")
+    runner = OnnxRunner(tmp_path)
+    batch = probe_batch(ckpt.config, "token-classification", batch=2, seq=20)
+    n = int(batch["attention_mask"][1].sum())
+    short = {k: v[1:2, :n] for k, v in batch.items()}
+    padded = runner.run("token-classification", batch).outputs["logits"][1, :n]
+    alone = runner.run("token-classification", short).outputs["logits"][0]
+    reference = CheckpointRunner(ckpt).run("token-classification", short).outputs["logits"][0]
+    assert max_abs(padded, reference) <= 0.1 and max_abs(alone, reference) <= 0.1
+
+
+def test_external_data_for_big_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    ckpt = read(spec.HF_SAFETENSORS / "masked-lm")
+    written = onnx_export.write(ckpt, tmp_path)
+    assert {p.name for p in written} >= {"model.onnx", "model.onnx.data"}
+    assert (tmp_path / "model.onnx").stat().st_size < (tmp_path / "model.onnx.data").stat().st_size
+    assert worst_diff(OnnxRunner(tmp_path), CheckpointRunner(ckpt), "masked-lm", SHAPES[:1]) <= 1e-5
+
+
+@pytest.mark.parametrize("opset,plain", [(15, True), (18, False), (18, True)])
+def test_opsets(opset, plain, tmp_path):
+    ckpt = read(spec.HF_SAFETENSORS / "causal-lm")
+    onnx_export.write(ckpt, tmp_path, opset=opset, plain=plain)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == opset
+    assert worst_diff(OnnxRunner(tmp_path), CheckpointRunner(ckpt), "causal-lm", SHAPES[:2]) <= 1e-5
+
+
+def test_bad_options_are_refused(tmp_path):
+    ckpt = read(spec.HF_SAFETENSORS / "base")
+    with pytest.raises(SchemaError, match="opset"):
+        onnx_export.write(ckpt, tmp_path, opset=15)            # optimized graph needs LayerNormalization
+    with pytest.raises(SchemaError, match="int8"):
+        onnx_export.write(ckpt, tmp_path, quantize="int4")
+
+
+def test_fully_padded_rows_match_the_reference(exported):
+    """The optimized graph feeds Attention forward.py's own bias, so even an all-padding row
+    (uniform attention under finfo.min) matches; ORT's mask_index would use -10000."""
+    head = "sequence-classification"
+    ckpt = read(spec.HF_SAFETENSORS / head)
+    batch = probe_batch(ckpt.config, head, batch=2, seq=9)
+    batch["attention_mask"][1] = 0
+    got = OnnxRunner(exported(head, "optimized")).run(head, batch).outputs["logits"]
+    assert max_abs(got, CheckpointRunner(ckpt).run(head, batch).outputs["logits"]) <= 1e-5
+
+
+# ---- electra-base size -------------------------------------------------------------------------------
+
+def random_base_checkpoint(head: str) -> Checkpoint:
+    """A random electra-base-size checkpoint built in memory (no download, no transformers)."""
+    cfg = ElectraConfig(vocab_size=30522, embedding_size=768, hidden_size=768, num_hidden_layers=12,
+                        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+                        labels=("a", "b") if head == "question-answering" else ("a", "b", "c"),
+                        is_decoder=head == "causal-lm").for_head(head)
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in head_shapes(cfg, head).items():
+        if name.endswith("LayerNorm.weight"):
+            tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            tensors[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    return Checkpoint(cfg, head, tensors).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", HEADS)
+def test_base_size_every_head_within_1e4(head, tmp_path):
+    ckpt = random_base_checkpoint(head)
+    reference = CheckpointRunner(ckpt)
+    for graph, options in GRAPHS.items():
+        out = tmp_path / graph
+        out.mkdir()
+        onnx_export.write(ckpt, out, **options)
+        worst = worst_diff(OnnxRunner(out), reference, head, [(1, 128, 2), (3, 57, 3)], atol=1e-4)
+        print(f"base-size {head} {graph}: max_abs {worst:.2e}")
+        assert worst <= 1e-4
