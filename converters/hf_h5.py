@@ -13,6 +13,10 @@ writes it (formats.md section 6.2):
   name without its scope. A variable listed in another layer's group (the MLM head lists
   the embeddings again) is named ``<group>/<name>``.
 
+Sharded checkpoints (``tf_model.h5.index.json`` + ``tf_model-0000i-of-0000n.h5``, from
+``save_pretrained(max_shard_size=...)``) are read too; they store each variable once at its
+native name. The writer always writes one file, as transformers does below its 5 GB default.
+
 Layout: dense kernels are stored ``[in, out]`` (TRANSPOSE to canonical ``[out, in]``);
 embedding tables ``[rows, width]`` and LayerNorm ``gamma``/``beta`` as they are. dtype:
 whatever the datasets hold (float32 from transformers; float16 passes through).
@@ -23,6 +27,7 @@ both with a SchemaError instead of writing a file TF would load wrongly.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +186,33 @@ def _open(path: Path):
         raise FormatError(f"{path} is not a readable HDF5 file: {exc}") from exc
 
 
-def scan(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], np.dtype]], str]:
-    """Native name -> (dataset path, shape, dtype) of every variable in the file, and the instance scope.
+@dataclass(frozen=True)
+class Variable:
+    """Where one variable of a TF checkpoint lives: file, dataset path, shape, dtype."""
+
+    file: Path
+    dataset: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def load(self) -> np.ndarray:
+        with _open(self.file) as f:
+            return f[self.dataset][()]
+
+
+def _unlisted(f, path: Path, listed: set[str], found: dict[str, Variable], key: str = "{}") -> None:
+    """Report every dataset no name list mentions under its full path: accounting calls it unexpected."""
+    import h5py
+
+    def visit(_, obj):
+        if isinstance(obj, h5py.Dataset) and obj.name not in listed:
+            found[key.format(obj.name)] = Variable(path, obj.name, tuple(obj.shape), obj.dtype)
+
+    f.visititems(visit)
+
+
+def scan(path: Path) -> tuple[dict[str, Variable], str]:
+    """Native name -> Variable for every variable of a single ``tf_model.h5``, and the instance scope.
 
     Variables are enumerated through ``layer_names`` and each group's ``weight_names`` (what
     Keras and transformers load); a dataset no list names is reported under its full path,
@@ -195,9 +225,8 @@ def scan(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], np.dtype]], 
         if layers is None:
             raise FormatError(f"{path} has no 'layer_names' attribute: not a Keras h5 weights file "
                               "(save it with TFElectraFor<Head>.save_pretrained)")
-        found: dict[str, tuple[str, tuple[int, ...], np.dtype]] = {}
+        found: dict[str, Variable] = {}
         scopes: set[str] = set()
-        listed: set[str] = set()
         groups = [*layers, *([TOP_LEVEL_GROUP] if TOP_LEVEL_GROUP in f else [])]
         for layer in groups:
             if layer not in f:
@@ -212,24 +241,47 @@ def scan(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], np.dtype]], 
                 native = rest if rest.split("/", 1)[0] == layer else f"{layer}/{rest}"
                 if native in found:
                     raise FormatError(f"{path}: weight {native!r} is listed twice")
-                found[native] = (ds.name, tuple(ds.shape), ds.dtype)
-                listed.add(ds.name)
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.name not in listed:
-                found[obj.name] = (obj.name, tuple(obj.shape), obj.dtype)
-
-        f.visititems(visit)
+                found[native] = Variable(path, ds.name, tuple(ds.shape), ds.dtype)
+        _unlisted(f, path, {v.dataset for v in found.values()}, found)
     if len(scopes) > 1:
         raise FormatError(f"{path} mixes Keras instance scopes {sorted(scopes)}; it is not one model's weights")
     return found, next(iter(scopes), "")
 
 
-def _loader(path: Path, dataset: str, layout):
-    def load() -> np.ndarray:
+def scan_sharded(index: Path) -> tuple[dict[str, Variable], str]:
+    """The same for ``tf_model.h5.index.json`` + shards (``save_pretrained(max_shard_size=...)``).
+
+    A shard stores each variable once, at its native name (no instance scope, no group
+    level), and lists them in the root attr ``layer_names``; the index maps the scoped
+    weight names to shard files. Both must agree.
+    """
+    import h5py
+
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{index} is not a valid shard index ({exc})") from exc
+    scopes = {name.partition("/")[0] for name in weight_map}
+    promised = {name.partition("/")[2]: shard for name, shard in weight_map.items()}
+    found: dict[str, Variable] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.exists():
+            raise FormatError(f"{index.name} names shard {shard}, which is missing")
         with _open(path) as f:
-            return layout.to_canonical(f[dataset][()])
-    return load
+            for native in load_attribute(f, "layer_names") or []:
+                ds = f.get(native)
+                if not isinstance(ds, h5py.Dataset) or promised.get(native) != shard or native in found:
+                    raise FormatError(f"{path}: variable {native!r} is missing, repeated or not where "
+                                      f"{index.name} says it is")
+                found[native] = Variable(path, ds.name, tuple(ds.shape), ds.dtype)
+            _unlisted(f, path, {v.dataset for v in found.values() if v.file == path}, found, f"{shard}:{{}}")
+    absent = sorted(set(promised) - set(found))
+    if absent:
+        raise FormatError(f"{index.name} lists variables no shard holds: {', '.join(absent[:8])}")
+    if len(scopes) > 1:
+        raise FormatError(f"{index} mixes Keras instance scopes {sorted(scopes)}; it is not one model's weights")
+    return found, next(iter(scopes), "")
 
 
 def _config_for(weights: Path, config: str | Path | ElectraConfig | None) -> ElectraConfig:
@@ -251,20 +303,19 @@ def _head_of(cfg: ElectraConfig, natives: set[str]) -> str:
     return detect_head(canonical, cfg)
 
 
-def _check_aliases(path: Path, found: dict) -> None:
+def _check_aliases(path: Path, found: dict[str, Variable]) -> None:
     """Every repeated variable must equal the copy it repeats (else the file is ambiguous)."""
-    with _open(path) as f:
-        for alias in ALIASES:
-            marker = f"{alias.group}/{alias.prefix}"
-            for native, (dataset, _, _) in found.items():
-                if not native.startswith(marker):
-                    continue
-                primary = native[len(alias.group) + 1:]
-                if primary not in found:
-                    raise SchemaError(f"{path}: {alias.group} repeats {primary}, which the file does not hold")
-                if not np.array_equal(f[dataset][()], f[found[primary][0]][()]):
-                    raise SchemaError(f"{path}: the copy of {primary} under {alias.group} differs from the "
-                                      "original; Keras writes the same variable twice, so the file was altered")
+    for alias in ALIASES:
+        marker = f"{alias.group}/{alias.prefix}"
+        for native, var in found.items():
+            if not native.startswith(marker):
+                continue
+            primary = native[len(alias.group) + 1:]
+            if primary not in found:
+                raise SchemaError(f"{path}: {alias.group} repeats {primary}, which the file does not hold")
+            if not np.array_equal(var.load(), found[primary].load()):
+                raise SchemaError(f"{path}: the copy of {primary} under {alias.group} differs from the "
+                                  "original; Keras writes the same variable twice, so the file was altered")
 
 
 def read(path: str | Path, *, head: str | None = None, config: str | Path | ElectraConfig | None = None) -> Checkpoint:
@@ -277,11 +328,8 @@ def read(path: str | Path, *, head: str | None = None, config: str | Path | Elec
     weights = _weights_file(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {WEIGHTS} found")
-    if weights.name.endswith(".index.json"):
-        raise FormatError(f"{weights}: sharded TF h5 checkpoints are not supported; re-save with a larger "
-                          "max_shard_size, or save the PyTorch side as safetensors")
     cfg = _config_for(weights, config)
-    found, scope = scan(weights)
+    found, scope = scan_sharded(weights) if weights.name.endswith(".index.json") else scan(weights)
     own_head = _head_of(cfg, set(found))
     if own_head in ("masked-lm", "causal-lm") and not cfg.tie_word_embeddings:
         log.warning("%s: config.json says tie_word_embeddings=false, but TF ignores it and a TF file has no "
@@ -289,15 +337,16 @@ def read(path: str | Path, *, head: str | None = None, config: str | Path | Elec
         cfg = cfg.replace(tie_word_embeddings=True)
     cfg = cfg.for_head(own_head)
     bindings = bind(RULES, cfg, own_head)
-    account(bindings, {n: shape for n, (_, shape, _) in found.items()}, IGNORED, source=str(weights),
+    account(bindings, {n: v.shape for n, v in found.items()}, IGNORED, source=str(weights),
             hint="check that config.json describes this file (sizes, num_labels, architectures)")
     _check_aliases(weights, found)
     tensors = {}
     for canonical, b in bindings.items():
-        dataset, _, dtype = found[b.native]
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
-            raise FormatError(f"{weights}: {b.native} has dtype {dtype}; only float32 and float16 are supported")
-        tensors[canonical] = LazyTensor(b.canonical_shape, dtype, _loader(weights, dataset, b.layout))
+        var = found[b.native]
+        if var.dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise FormatError(f"{weights}: {b.native} has dtype {var.dtype}; only float32 and float16 are supported")
+        tensors[canonical] = LazyTensor(b.canonical_shape, var.dtype,
+                                        lambda var=var, layout=b.layout: layout.to_canonical(var.load()))
     ckpt = Checkpoint(cfg, own_head, tensors, assets.collect(weights.parent),
                       {"format": NAME, "path": str(path), "file": weights.name, "keras_scope": scope})
     ckpt.validate(str(weights))

@@ -20,6 +20,7 @@ from electra_bridge.runtimes import CheckpointRunner, compare
 from electra_bridge.schemas import FormatError, SchemaError
 
 H5 = spec.HERE / "hf-h5"
+H5_SHARDED = spec.HERE / "hf-h5-sharded"  # masked-lm saved with a tiny max_shard_size
 TF_HEADS = tuple(h for h in HEADS if h != "causal-lm")  # there is no TFElectraForCausalLM
 BLOCKED = ("tensorflow", "keras", "tf_keras", "jax", "flax")
 TOL = 1e-5
@@ -128,7 +129,7 @@ def test_wrong_config_is_a_misshape(tmp_path):
         read(tmp_path / "t")
 
 
-def test_not_a_keras_file_and_sharded_h5_are_format_errors(tmp_path):
+def test_not_a_keras_file_is_a_format_error(tmp_path):
     with h5py.File(tmp_path / "tf_model.h5", "w") as f:
         f.create_dataset("x", data=np.zeros(2))
     shutil.copy(H5 / "base" / "config.json", tmp_path)
@@ -137,10 +138,27 @@ def test_not_a_keras_file_and_sharded_h5_are_format_errors(tmp_path):
     (tmp_path / "tf_model.h5").write_bytes(b"not hdf5")
     with pytest.raises(FormatError, match="not a readable HDF5"):
         read(tmp_path)
-    (tmp_path / "tf_model.h5").unlink()
-    (tmp_path / "tf_model.h5.index.json").write_text("{}")
-    with pytest.raises(FormatError, match="sharded"):
-        read(tmp_path)
+
+
+def test_sharded_h5_written_by_transformers_is_bit_equal():
+    sharded = read(H5_SHARDED / "masked-lm")
+    assert sharded.provenance["file"] == "tf_model.h5.index.json" and len(list((H5_SHARDED / "masked-lm").glob("*.h5"))) > 1
+    assert_same_tensors(sharded, read(spec.HF_SAFETENSORS / "masked-lm"))
+
+
+def test_sharded_h5_with_a_missing_or_moved_variable_is_refused(tmp_path):
+    shutil.copytree(H5_SHARDED / "masked-lm", tmp_path / "s")
+    index = json.loads((tmp_path / "s" / "tf_model.h5.index.json").read_text())
+    moved = dict(index["weight_map"])
+    name = "tf_electra_for_masked_lm/generator_lm_head/bias:0"
+    moved[name] = next(s for s in sorted(set(moved.values())) if s != moved[name])
+    (tmp_path / "s" / "tf_model.h5.index.json").write_text(json.dumps({**index, "weight_map": moved}))
+    with pytest.raises(FormatError, match="generator_lm_head/bias:0.*not where"):
+        read(tmp_path / "s")
+    (tmp_path / "s" / "tf_model.h5.index.json").write_text(json.dumps(index))
+    next((tmp_path / "s").glob("tf_model-00002-*.h5")).unlink()
+    with pytest.raises(FormatError, match="tf_model-00002-of-00003.h5, which is missing"):
+        read(tmp_path / "s")
 
 
 def test_untied_config_on_a_tf_file_is_read_as_tied_with_a_warning(tmp_path, caplog):
