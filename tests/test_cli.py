@@ -85,11 +85,11 @@ def test_identical_pair_exits_0(tmp_path):
 
 
 @pytest.mark.skipif("h5" not in FORMATS, reason="h5 format not registered")
-def test_identical_pair_across_formats_exits_0():
+def test_identical_pair_across_formats_exits_0(capsys):
     """transformers wrote the same weights as tf_model.h5 and model.safetensors."""
-    proc = run_cli("verify", FIXTURES / "hf-h5" / "pretraining", SRC)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "EQUAL" in proc.stdout and "NOT EQUAL" not in proc.stdout
+    code, out, err = main(capsys, "verify", FIXTURES / "hf-h5" / "pretraining", SRC)
+    assert code == 0, out + err
+    assert "EQUAL" in out and "NOT EQUAL" not in out
 
 
 # ---- exit 1: localisation ---------------------------------------------------------------------------
@@ -114,16 +114,16 @@ def test_perturbed_layer_is_named_first(tmp_path, layer):
         assert not drift[stages[k]]["ok"] and drift[stages[k]]["max_abs"] > report["atol"]
 
 
-def test_perturbed_embeddings_and_head_only(tmp_path):
+def test_perturbed_embeddings_and_head_only(tmp_path, capsys):
     emb = perturbed_copy(tmp_path, "electra.embeddings.word_embeddings.weight", delta=0.5)
     # the perturbed element is row 0 (the pad id): padded positions carry it, so it shows in every stage
-    report = json.loads(run_cli("verify", emb, SRC, "--json").stdout)
-    assert report["first_divergence"] == "embeddings"
+    code, out, _ = main(capsys, "verify", emb, SRC, "--json")
+    assert code == 1 and json.loads(out)["first_divergence"] == "embeddings"
 
     head = perturbed_copy(tmp_path, "discriminator_predictions.dense.weight")
-    proc = run_cli("verify", head, SRC, "--json")
-    assert proc.returncode == 1
-    report = json.loads(proc.stdout)
+    code, out, _ = main(capsys, "verify", head, SRC, "--json")
+    assert code == 1
+    report = json.loads(out)
     assert report["heads"]["base"]["ok"] is True            # the backbone is untouched
     assert report["heads"]["pretraining"]["first_divergence"] == "logits"
     assert all(d["ok"] for d in report["heads"]["pretraining"]["hidden_state_drift"].values())
@@ -280,11 +280,44 @@ def test_json_everywhere(tmp_path, capsys):
     assert json.loads(out)["report"]["ok"] is True
 
 
-def test_python_api_mirrors_cli(tmp_path):
+def test_python_api_mirrors_cli(tmp_path, capsys):
     b = perturbed_copy(tmp_path, "electra.encoder.layer.0.intermediate.dense.weight")
     report = api_verify(SRC, b, report=tmp_path / "api.json", plot=tmp_path / "api.png")
-    cli = json.loads(run_cli("verify", SRC, b, "--json").stdout)
-    assert not report.ok and report.first_divergence == "layer 0" == cli["first_divergence"]
+    code, out, _ = main(capsys, "verify", SRC, b, "--json")
+    from_cli = json.loads(out)
+    assert code == 1 and not report.ok and report.first_divergence == "layer 0" == from_cli["first_divergence"]
     saved = json.loads((tmp_path / "api.json").read_text())
-    assert saved["heads"] == cli["heads"]   # same numbers whichever way it is called
+    assert saved["heads"] == from_cli["heads"]   # same numbers whichever way it is called
     png_size(tmp_path / "api.png")
+
+
+# ---- progress -----------------------------------------------------------------------------------------
+
+class FakeTTY:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None: ...
+
+
+def test_progress_only_on_a_terminal_and_not_quiet():
+    from electra_bridge.converters import progress
+    from electra_bridge.converters.api import read
+
+    ckpt = read(SRC)
+    for tty, enabled, drawn in ((True, None, True), (False, None, False), (True, False, False)):
+        progress.configure(enabled)
+        stream = FakeTTY(tty)
+        with progress.Progress(len(ckpt.tensors), "writing", stream=stream) as bar:
+            tracked = progress.track_tensors(ckpt, bar)
+            arrays = tracked.arrays()
+            assert bar.count == len(ckpt.tensors)          # one tick per tensor loaded
+        assert ("writing" in stream.text) is drawn, (tty, enabled)
+        assert all(np.array_equal(arrays[n], ckpt.array(n)) for n in ckpt.tensors)
+    progress.configure(None)
