@@ -188,7 +188,8 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         batch = text_inputs.tokenize(_text_assets(runners, (a, b)), list(text),
                                      list(text_pair) if text_pair is not None else None,
                                      pad_token_id=cfg.pad_token_id, max_length=cfg.max_position_embeddings)
-        source = f"text ({len(text)} {'pairs' if text_pair is not None else 'rows'}, {batch['input_ids'].shape[-1]} tokens)"
+        kind = "pair" if text_pair is not None else "row"
+        source = f"text ({len(text)} {kind}{'s' if len(text) != 1 else ''}, {batch['input_ids'].shape[-1]} tokens)"
     elif inputs is not None:
         source = f"file {Path(inputs).name}" if isinstance(inputs, (str, Path)) else "given arrays"
     if batch is not None:
