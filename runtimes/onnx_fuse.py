@@ -31,6 +31,8 @@ from onnx import helper, numpy_helper
 from electra_bridge.schemas import ElectraConfig
 
 MS = "com.microsoft"
+#: the kernels fuse() produces (its return value counts them)
+FUSED = ("Attention", "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu", "Softmax")
 
 
 class _Index:
@@ -163,33 +165,33 @@ def _attention(ix: _Index, node, cfg: ElectraConfig, state: dict) -> list | None
         attrs.update(state["causal"][bias])
         mask_inputs = [mask_index]
     else:
-        mask_inputs, nodes = ["", "", _expanded_bias(bias, state)], []
-        if bias not in state["expanded"]:
-            nodes, state["expanded"][bias] = state["pending"], True
+        full = f"{bias}/expanded"
+        mask_inputs = ["", "", full]                                        # (mask_index, past, attention_bias)
+        nodes = [] if bias in state["expanded"] else _expand_bias(bias, full)
+        state["expanded"].add(bias)
     x, out = q[0], reshape[0].output[0]
     state["drop"].update({merge[0].name, reshape[0].name})                    # Attention writes ``out`` itself
     weight = np.concatenate([ix.const(m[1]) for m in (q, k, v)], axis=1)      # [H, 3H]: q | k | v
     qkv_bias = np.concatenate([ix.const(m[2]) for m in (q, k, v)])            # [3H]
-    prefix = node.name.rsplit("_", 1)[0] + f"_{len(state['new_inits'])}"
-    w_name, b_name = f"{prefix}/qkv.weight", f"{prefix}/qkv.bias"
+    # name the packed tensors after the layer: encoder.layer.{i}.attention.self.qkv.{weight,bias}
+    suffix = ".query.weight.T"
+    prefix = q[1][:-len(suffix)] if q[1].endswith(suffix) else f"attention_{len(state['new_inits']) // 2}"
+    w_name, b_name = f"{prefix}.qkv.weight", f"{prefix}.qkv.bias"                   # [H, 3H] ([in, out]), [3H]
     state["new_inits"] += [numpy_helper.from_array(weight.astype(np.float32), w_name),
                            numpy_helper.from_array(qkv_bias.astype(np.float32), b_name)]
     return [*nodes, helper.make_node("Attention", [x, w_name, b_name, *mask_inputs], [out],
-                                     name=f"{prefix}/attention", domain=MS, **attrs)]
+                                     name=f"{prefix}.attention", domain=MS, **attrs)]
 
 
-def _expanded_bias(bias: str, state: dict) -> str:
-    """The name of ``bias`` [B, 1, 1|S, S] expanded to [B, 1, S, S] (Attention wants S rows);
-    the nodes computing it are left in state["pending"] for the first Attention to emit."""
-    full = f"{bias}/expanded"
-    state["pending"] = [
+def _expand_bias(bias: str, full: str) -> list:
+    """Nodes computing ``full`` = ``bias`` [B, 1, 1|S, S] expanded to [B, 1, S, S] (Attention wants S rows)."""
+    return [
         helper.make_node("Shape", [bias], [f"{bias}/shape_b1"], start=0, end=2, name=f"{bias}/shape_b1_node"),
         helper.make_node("Shape", [bias], [f"{bias}/shape_s"], start=3, end=4, name=f"{bias}/shape_s_node"),
         helper.make_node("Concat", [f"{bias}/shape_b1", f"{bias}/shape_s", f"{bias}/shape_s"], [f"{full}/shape"],
                          axis=0, name=f"{full}/shape_node"),
         helper.make_node("Expand", [bias, f"{full}/shape"], [full], name=f"{full}_node"),
     ]
-    return full
 
 
 def _mask_index(ix: _Index, bias: str, state: dict):
@@ -282,18 +284,21 @@ def _gelu(ix: _Index, node) -> list | None:
 
 # ---- driver --------------------------------------------------------------------------------------
 
-def _rewrite(model: onnx.ModelProto, matcher, counts: Counter, label: str) -> None:
-    """Replace every match (one pass, matches found on the graph as it was) and drop dead nodes."""
+def _rewrite(model: onnx.ModelProto, matcher, state: dict) -> None:
+    """Replace every match (found on the graph as it was before this pass), then drop dead nodes.
+
+    A matcher returns the nodes replacing the one it matched at (they write its output) or
+    None; it may add initializers to state["new_inits"] and name nodes to drop in state["drop"].
+    """
     graph = model.graph
     ix = _Index(graph)
     nodes = []
     for node in graph.node:
         replacement = matcher(ix, node)
-        if replacement is None:
-            nodes.append(node)
-            continue
-        counts[label] += 1
-        nodes += replacement
+        nodes += [node] if replacement is None else replacement
+    graph.initializer.extend(state["new_inits"])
+    state["new_inits"] = []
+    nodes = [n for n in nodes if n.name not in state["drop"]]
     del graph.node[:]
     graph.node.extend(_toposort(nodes, graph))
     _prune(model)
@@ -342,34 +347,12 @@ def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, mask: str = "bias") -> d
     Returns how many of each fused kernel were created. Softmax goes first (Attention
     matches on it), LayerNorm before GELU (BiasGelu and SkipLayerNorm share no nodes).
     """
-    counts: Counter = Counter()
-    state = {"expanded": {}, "pending": [], "new_inits": [], "drop": set(), "mask": mask, "index": {}, "causal": {}}
-    _rewrite(model, _softmax, counts, "Softmax")
-
-    def attention(ix, node):
-        return _attention(ix, node, cfg, state)
-
-    graph = model.graph
-    ix = _Index(graph)
-    nodes = []
-    for node in graph.node:
-        replacement = attention(ix, node)
-        if replacement is None:
-            nodes.append(node)
-        else:
-            counts["Attention"] += 1
-            nodes += replacement
-    graph.initializer.extend(state["new_inits"])
-    nodes = [n for n in nodes if n.name not in state["drop"]]
-    del graph.node[:]
-    graph.node.extend(_toposort(nodes, graph))
-    _prune(model)
-    _rewrite(model, _layer_norm, counts, "LayerNorm")
-    _rewrite(model, _gelu, counts, "Gelu")
-    counts = Counter({k: v for k, v in counts.items()})
-    ops = Counter(n.op_type for n in model.graph.node)
-    for name in ("SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu", "Attention", "Softmax"):
-        counts[name] = ops.get(name, 0)
+    state = {"expanded": set(), "new_inits": [], "drop": set(), "mask": mask, "index": {}, "causal": {}}
+    _rewrite(model, _softmax, state)
+    _rewrite(model, lambda ix, node: _attention(ix, node, cfg, state), state)
+    _rewrite(model, _layer_norm, state)
+    _rewrite(model, _gelu, state)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
-    return {k: v for k, v in counts.items() if k in ops}
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {name: ops[name] for name in FUSED if ops[name]}

@@ -12,8 +12,10 @@ the reference. Dtype contract: float tensors are float32, ids and shape pieces i
     result = forward(params, cfg, head, {"input_ids": builder.input(...), ...}, ops)
 
 ``GraphBuilder.model`` then names the outputs, folds transposes of weights into
-transposed initializers (so a dense layer is a plain MatMul + Add, as ONNX Runtime's
-fusions expect) and returns an ``onnx.ModelProto``. Needs the ``onnx`` package.
+transposed initializers named ``<canonical name>.T`` (layout [in, out], so a dense layer
+is a plain MatMul + Add as ONNX Runtime's kernels want) and returns an
+``onnx.ModelProto``. Initializers keep canonical names; constants are named ``/const_*``.
+Needs the ``onnx`` package.
 """
 
 from __future__ import annotations
