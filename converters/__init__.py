@@ -19,6 +19,7 @@ from electra_bridge.schemas import BridgeError
 #: formats is read as the first one; pass ``--from`` to pick another).
 FORMATS: dict[str, str] = {
     "safetensors": "electra_bridge.converters.hf_pytorch",
+    "tf1": "electra_bridge.converters.google_tf1",
     "onnx": "electra_bridge.converters.onnx_export",
     "h5": "electra_bridge.converters.hf_h5",
     "msgpack": "electra_bridge.converters.hf_flax",

@@ -101,12 +101,13 @@ class DemoResult:
 
     def table(self) -> str:
         w = max(6, *(len(h.source) for h in self.hops))
-        lines = [f"{'hop':<11} {'from':<{w}} {'format':<18} {'head':<12} {'max_abs':>9} {'max_rel':>9}  "
+        hw = max(12, *(len(h.head) for h in self.hops))
+        lines = [f"{'hop':<11} {'from':<{w}} {'format':<18} {'head':<{hw}} {'max_abs':>9} {'max_rel':>9}  "
                  f"{'result':<18} {'seconds':>7}"]
         for h in self.hops:
             max_abs, max_rel = h.main_diff()
             num = (lambda v: f"{v:>9.2e}" if v is not None else f"{'-':>9}")
-            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<18} {h.head:<12} {num(max_abs)} {num(max_rel)}  "
+            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<18} {h.head:<{hw}} {num(max_abs)} {num(max_rel)}  "
                          f"{h.result:<18} {h.seconds:>7.2f}" + (f"  ({h.reason})" if h.reason else ""))
         lines.append(f"source: {self.source}  ->  {'ALL HOPS VERIFIED' if self.ok else 'SOME HOPS FAILED'}")
         return "\n".join(lines)
@@ -281,13 +282,19 @@ def _write_outputs(result: DemoResult, out: Path) -> list[Path]:
     files[1].write_text(result.to_markdown(), encoding="utf-8")
     try:
         from electra_bridge.runtimes.plot import plot_series
-        series = [(f"{h.name} {h.fmt}" if h.name != h.fmt else h.fmt,
-                   next((x.stages for x in h.report.heads if x.head == h.head), []))
-                  for h in result.hops if h.report is not None]
+        stages = {f"{h.name} {h.fmt}": next((x.stages for x in h.report.heads if x.head == h.head), [])
+                  for h in result.hops if h.report is not None}
+        # bit-exact hops all sit on the floor: one line for them keeps the others readable
+        exact = [label for label, st in stages.items() if st and all(d.max_abs == 0 for d in st)]
+        series = [(label, st) for label, st in stages.items() if label not in exact]
+        if exact:
+            names = [h.name for h in result.hops if h.report is not None and f"{h.name} {h.fmt}" in exact]
+            series.insert(0, (f"bit-exact: {', '.join(names)}", stages[exact[0]]))
         atol = min((h.report.atol for h in result.hops if h.report is not None), default=1e-5)
         perturbed = next((h for h in result.hops if h.name == "perturbed" and h.report), None)
         first = perturbed.report.first_divergence if perturbed else None
         files.append(plot_series(series, out / "drift.png", atol=atol, first=first,
+                                 highlight=f"perturbed {perturbed.fmt}" if perturbed else None,
                                  title="demo: drift per layer of every hop (the perturbed copy must stand out)"))
     except MissingDependencyError as exc:
         log.info("drift.png not written: %s", exc)

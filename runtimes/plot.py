@@ -38,8 +38,9 @@ def plot_drift(report: Report, path: str | Path, title: str | None = None) -> Pa
 
 
 def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, *, atol: float,
-                first: str | None = None, title: str = "drift per layer") -> Path:
-    """One line per (label, stages) -- e.g. per head of a report, or per hop of a demo."""
+                first: str | None = None, title: str = "drift per layer", highlight: str | None = None) -> Path:
+    """One line per (label, stages) -- e.g. per head of a report, or per hop of a demo; the
+    ``highlight`` label is drawn thick and red."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise SchemaError(f"plot {path}: the plot is a PNG; name it *.png")
@@ -58,7 +59,8 @@ def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, 
             for label, stages in series:
                 xs = [names.index(d.name) for d in stages]
                 ys = [floor if d.max_abs == 0 else d.max_abs for d in stages]
-                ax.plot(xs, ys, marker="o", label=label)
+                style = {"color": "crimson", "linewidth": 2.5, "zorder": 2} if label == highlight else {}
+                ax.plot(xs, ys, marker="o", label=label, **style)
                 bad = [(x, y) for x, y, d in zip(xs, ys, stages) if not d.ok]
                 if bad:
                     ax.scatter(*zip(*bad), color="red", zorder=3, s=60)
