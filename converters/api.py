@@ -3,6 +3,10 @@
     from electra_bridge.converters import convert, verify, inspect
     convert("google-ckpt/", "out/", to="safetensors")        # verified, atomic
     report = verify("out/", "model.onnx"); assert report.ok
+    report = verify("old/", "new/", text=["a café"], text_pair=["über"], report="r.md", plot="drift.png")
+    report.first_divergence                                   # "layer 3", or None when equal
+
+Progress bars (stderr, only on a terminal) are switched off with ``progress.configure(False)``.
 """
 
 from __future__ import annotations
