@@ -1,18 +1,19 @@
-"""A dependency-free safetensors reader (lazy, mmap) and streaming writer.
+"""A dependency-free safetensors reader (lazy, one byte range per tensor) and streaming writer.
 
 File layout (safetensors spec): u64 little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
 then the raw little-endian data; offsets are relative to the end of the header.
 
-Reading maps the file and hands out ``LazyTensor``s; BF16 is widened to float32 (numpy
-has no bfloat16). Writing streams one tensor at a time, so peak memory is one tensor,
+Reading hands out ``LazyTensor``s; each load reads that tensor's byte range straight into
+a fresh array (one copy, no mmap: mapped pages stay in the process's RSS as long as the
+map lives, which doubled verify's peak memory). BF16 is widened to float32 (numpy has no
+bfloat16). Writing streams one tensor at a time, so peak memory is one tensor,
 not the model.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -54,7 +55,6 @@ class SafetensorsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.entries, self.metadata, self._start = read_header(self.path)
-        self._map: mmap.mmap | None = None
         size = self.path.stat().st_size
         for name, e in self.entries.items():
             begin, end = e.get("data_offsets", (0, -1))
@@ -64,19 +64,18 @@ class SafetensorsFile:
             if end - begin != int(np.prod(e["shape"], dtype=np.int64)) * itemsize or self._start + end > size:
                 raise FormatError(f"{self.path}: tensor {name} has data_offsets that do not fit its shape or the file")
 
-    def _buffer(self) -> mmap.mmap:
-        if self._map is None:
-            with open(self.path, "rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._map
-
     def load(self, name: str) -> np.ndarray:
         e = self.entries[name]
         begin, end = e["data_offsets"]
-        raw = self._buffer()[self._start + begin:self._start + end]
+        raw = np.empty(end - begin, dtype=np.uint8)
+        with open(self.path, "rb") as fh:
+            fh.seek(self._start + begin)
+            if (fh.readinto(memoryview(raw)) if raw.size else 0) != raw.size:
+                raise FormatError(f"{self.path} is truncated: tensor {name} runs past its end")
         if e["dtype"] == "BF16":  # widen: bf16 is the top half of a float32
-            return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(e["shape"])
-        return np.frombuffer(raw, dtype=np.dtype(_DTYPES[e["dtype"]]).newbyteorder("<")).reshape(e["shape"]).copy()
+            return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(e["shape"])
+        arr = raw.view(np.dtype(_DTYPES[e["dtype"]]).newbyteorder("<")).reshape(e["shape"])
+        return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
     def tensors(self) -> dict[str, LazyTensor]:
         out = {}
