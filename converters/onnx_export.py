@@ -231,6 +231,7 @@ def inspect(path: Path) -> dict:
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
         "external_data": external.name if external.exists() else None,
+        "assets": sorted(assets.collect(file.parent)),
         "tensors": [{"name": t.name, "shape": list(t.dims), "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
                     for t in model.graph.initializer if not t.name.startswith("/")],
     }
