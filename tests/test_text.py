@@ -126,3 +126,31 @@ def test_verify_text_end_to_end(tmp_path):
     proc = run_cli("verify", SRC, SRC, "--text", "über café 中国人", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
+
+
+def test_without_tokenizers_text_fails_cleanly_and_conversion_still_works(tmp_path):
+    """tokenizers and matplotlib are extras: --text/--plot say which extra to install; convert carries on."""
+    from helpers import run_python
+
+    src = tmp_path / "vocab-only"
+    src.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (src / name).write_bytes((SRC / name).read_bytes())
+    proc = run_python(f"""
+        import sys
+        from electra_bridge.converters import cli
+        code = cli.main(["verify", {str(SRC)!r}, {str(SRC)!r}, "--text", "hello"])
+        print("text exit", code)
+        code = cli.main(["verify", {str(SRC)!r}, {str(SRC)!r}, "--plot", {str(tmp_path / 'p.png')!r}])
+        print("plot exit", code)
+        code = cli.main(["convert", {str(src)!r}, {str(tmp_path / 'out')!r}, "--to", "safetensors", "-q"])
+        print("convert exit", code)
+    """, blocked=("tokenizers", "matplotlib"))
+    assert "text exit 2" in proc.stdout and "plot exit 2" in proc.stdout, proc.stdout + proc.stderr
+    assert "pip install 'electra-bridge[tokenizers]'" in proc.stderr
+    assert "pip install 'electra-bridge[plot]'" in proc.stderr
+    assert "convert exit 0" in proc.stdout, proc.stderr
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json"} <= written
+    assert "tokenizer.json" not in written      # needs the library; AutoTokenizer builds it from vocab.txt
+    assert not (tmp_path / "p.png").exists()
