@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 MAX_CHUNK_SIZE = 2**30
 CHUNKED = "__msgpack_chunked_array__"
 WRITABLE_DTYPES = ("float32", "float16")
+READ_SIZE = 1 << 20
 
 
 # ---- the rules table ------------------------------------------------------------------------------
@@ -115,9 +115,18 @@ IGNORED: tuple[Ignored, ...] = ()
 _TIED_KERNEL = "generator_lm_head/kernel"
 
 
+#: activation names transformers' Flax ACT2FN knows (modeling_flax_utils.py, 4.57.6); others raise KeyError there
+FLAX_ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh")
+
+
 def flax_divergences(cfg: ElectraConfig, head: str) -> list[str]:
-    """Settings under which transformers' Flax class computes something else than PT (and we) do."""
+    """Settings under which transformers' Flax class computes something else than PT (and we) do, or cannot run."""
     out = []
+    if cfg.hidden_act not in FLAX_ACTIVATIONS:
+        out.append(f"hidden_act={cfg.hidden_act!r}: transformers' Flax ACT2FN has no such activation "
+                   f"(it knows {', '.join(FLAX_ACTIVATIONS)})")
+    if head == "multiple-choice" and cfg.summary_activation and cfg.summary_activation not in FLAX_ACTIVATIONS:
+        out.append(f"summary_activation={cfg.summary_activation!r}: transformers' Flax ACT2FN has no such activation")
     if head in ("masked-lm", "causal-lm") and cfg.hidden_act != "gelu":
         out.append(f"hidden_act={cfg.hidden_act!r}: FlaxElectra's generator head applies hidden_act, PyTorch, "
                    "TensorFlow and electra-bridge hard-code exact gelu there")
@@ -135,17 +144,44 @@ def _widen_bfloat16(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return bits.view(np.float32).reshape(shape)
 
 
+#: msgpack bin markers -> width of their length field
+_BIN_LENGTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _split_payload(data: bytes) -> tuple[list, bytes, memoryview]:
+    """(shape, dtype name, raw bytes) of flax's inner ``[shape, dtype, bin]`` without copying the bytes.
+
+    The small header is unpacked by msgpack; the bin's bytes are returned as a view into
+    ``data``, so an array costs its ext payload only (no second copy)."""
+    import msgpack
+
+    header = msgpack.Unpacker(raw=True)
+    header.feed(data[:512])  # shape + dtype name: a few dozen bytes
+    if header.read_array_header() != 3:
+        raise ValueError("expected a 3-item array")
+    shape, dtype_name = header.unpack(), header.unpack()
+    at = header.tell()
+    width = _BIN_LENGTH.get(data[at])
+    if width is None:
+        raise ValueError(f"expected bin data, found marker {data[at]:#x}")
+    size = int.from_bytes(data[at + 1:at + 1 + width], "big")
+    start = at + 1 + width
+    if start + size != len(data):
+        raise ValueError("array bytes do not end the entry")
+    return shape, dtype_name, memoryview(data)[start:]
+
+
 def _array_from_payload(data: bytes) -> np.ndarray:
     import msgpack
 
     try:
-        shape, dtype_name, raw = msgpack.unpackb(data, raw=True)
+        shape, dtype_name, raw = _split_payload(data)
         shape = tuple(int(d) for d in shape)
         name = dtype_name.decode("ascii")
         if name == "bfloat16":
             return _widen_bfloat16(raw, shape)
         arr = np.frombuffer(raw, dtype=np.dtype(name)).reshape(shape)
-    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, IndexError, AttributeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
         raise FormatError(f"an array entry is not flax's (shape, dtype, bytes) encoding: {exc}") from None
     return arr
 
@@ -186,32 +222,52 @@ def _flatten(node: Mapping, source: str, prefix: str = "") -> Iterator[tuple[str
                               "this is not a transformers Flax parameter file")
 
 
-def decode(data) -> dict[str, np.ndarray]:
-    """msgpack bytes (or any buffer) -> {"/"-joined path: numpy array}, as flax.serialization.msgpack_restore."""
+def decode(source) -> dict[str, np.ndarray]:
+    """msgpack bytes or a binary file -> {"/"-joined path: numpy array}, as flax.serialization.msgpack_restore.
+
+    Streams through msgpack.Unpacker: besides the decoded arrays, memory holds one read
+    buffer and the largest single array's encoding, never the whole file.
+    """
+    import io
+
     import msgpack
 
+    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    unpacker = msgpack.Unpacker(fh, ext_hook=_ext_hook, raw=False, strict_map_key=False, read_size=READ_SIZE,
+                                max_buffer_size=2**31 - 1)  # msgpack's own per-object ceiling
     try:
-        tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        tree = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise FormatError("the msgpack data ends early (truncated file?)") from None
     except (ValueError, msgpack.UnpackException) as exc:
         raise FormatError(f"not a msgpack file: {exc}") from None
     if not isinstance(tree, Mapping):
         raise FormatError(f"the msgpack top level is a {type(tree).__name__}, not a map of parameters")
+    if unpacker.tell() != _size(fh):
+        raise FormatError("extra data after the parameter map")
     return dict(_flatten(tree, "msgpack"))
 
 
+def _size(fh) -> int:
+    here = fh.tell()
+    end = fh.seek(0, 2)
+    fh.seek(here)
+    return end
+
+
 def _load_file(path: Path) -> dict[str, np.ndarray]:
-    """Decode one msgpack file through a read-only mmap (the page cache holds the bytes, not the heap)."""
     try:
         with open(path, "rb") as fh:
-            if path.stat().st_size == 0:
+            head = fh.read(7)
+            if not head:
                 raise FormatError(f"{path} is empty")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                if mm[:7] == b"version":
-                    raise FormatError(f"{path} is a git-lfs pointer, not the weights: run `git lfs pull`")
-                try:
-                    return decode(mm)
-                except FormatError as exc:
-                    raise FormatError(f"{path}: {exc}") from None
+            if head == b"version":
+                raise FormatError(f"{path} is a git-lfs pointer, not the weights: run `git lfs pull`")
+            fh.seek(0)
+            try:
+                return decode(fh)
+            except FormatError as exc:
+                raise FormatError(f"{path}: {exc}") from None
     except OSError as exc:
         raise FormatError(f"cannot read {path}: {exc}") from exc
 

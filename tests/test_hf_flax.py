@@ -219,6 +219,9 @@ def test_a_stored_tied_kernel_must_equal_the_embeddings(tmp_path):
     (b"\xc1\xc1\xc1", "not a msgpack file"),
     (msgpack.packb([1, 2]), "not a map"),
     (msgpack.packb({"a": {"b": 1}}), "'a/b' is a int"),
+    (msgpack.packb({"w": msgpack.ExtType(1, b"\x93\x91\x02\xa7float32\xc4\x09" + bytes(9))}), "not flax's"),
+    (msgpack.packb({"w": msgpack.ExtType(1, b"\x92\x91\x02\xa7float32")}), "not flax's"),
+    (msgpack.packb({"a": 1}) + b"\x00", "extra data"),
 ])
 def test_corrupt_files_raise_format_error(tmp_path, content, message):
     shutil.copy(FLAX / "base" / "config.json", tmp_path / "config.json")
@@ -240,6 +243,8 @@ def test_truncated_file_raises_format_error(tmp_path):
     ("masked-lm", {"hidden_act": "relu"}, "generator head applies hidden_act"),
     ("causal-lm", {"hidden_act": "gelu_new"}, "generator head applies hidden_act"),
     ("multiple-choice", {"summary_type": "last"}, "always pools the first token"),
+    ("pretraining", {"hidden_act": "gelu_fast"}, "Flax ACT2FN has no such activation"),
+    ("multiple-choice", {"summary_activation": "linear"}, "Flax ACT2FN has no such activation"),
 ])
 def test_flax_divergent_configs_are_refused_on_write_and_warned_on_read(tmp_path, caplog, head, change, message):
     ckpt = read(HF / head)
@@ -373,3 +378,11 @@ def test_cli_h5_to_msgpack_to_safetensors(tmp_path):
         proc = run_cli(*args)
         assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
     assert_bit_equal(read(tmp_path / "pt"), read(HF / "pretraining"))
+
+
+@pytest.mark.skipif("h5" not in FORMATS, reason="the HF TensorFlow h5 format is not registered")
+@pytest.mark.parametrize("head", ["pretraining", "masked-lm", "multiple-choice"])
+def test_msgpack_to_h5_and_back_is_byte_identical(head, tmp_path):
+    convert(FLAX / head, tmp_path / "h5", "h5")                                  # verified hop
+    convert(tmp_path / "h5", tmp_path / "flax", "msgpack")                       # verified hop
+    assert (tmp_path / "flax" / hf_flax.WEIGHTS).read_bytes() == (FLAX / head / hf_flax.WEIGHTS).read_bytes()

@@ -1,0 +1,148 @@
+"""HF Flax flax_model.msgpack and the JAX runtime: electra-bridge vs transformers' own Flax path, in one run.
+
+The checkpoint: a random FlaxElectraForPreTraining of Google size ``--size`` (small: H=256, L=12,
+E=128, I=1024; base: H=768, L=12, E=768, I=3072; V=30522, P=512), saved by transformers'
+``save_pretrained`` as flax_model.msgpack; generated once into benchmarks/out/msgpack-<size>/ (gitignored).
+
+1. msgpack -> safetensors, each contestant a fresh subprocess (wall time, peak RSS of that child):
+   * ours:         ``electra-bridge convert SRC OUT --to safetensors`` (verified; no JAX/Flax import)
+   * transformers: ``ElectraForPreTraining(config)`` + ``load_flax_checkpoint_in_pytorch_model`` +
+                   ``save_pretrained`` (its working msgpack -> PT route in 4.57.6; from_flax=True
+                   leaves the weights on the meta device, formats.md section 6.5)
+   The two outputs are then compared with ``electra-bridge verify`` (must be EQUAL).
+2. Forward pass on a [batch, seq] probe batch, in this process: our JAX runtime (forward.py over
+   jax.numpy ops, jax.jit) vs transformers' FlaxElectraForPreTraining wrapped in jax.jit, median
+   of ``--runs`` calls after a warm-up; plus the max-abs difference of their logits (explicit
+   token_type_ids on both sides).
+
+    .venv/bin/python benchmarks/bench_msgpack_jax.py [--size small|base] [--batch 8 --seq 128 --runs 20]
+
+The machine's CPU may be shared with other work: wall times are noisy, ratios less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MB = 1024 * 1024
+SIZES = {"small": dict(hidden_size=256, embedding_size=128, intermediate_size=1024, num_attention_heads=4),
+         "base": dict(hidden_size=768, embedding_size=768, intermediate_size=3072, num_attention_heads=12)}
+
+GENERATE = """
+import sys, jax, numpy as np, transformers
+size, out = sys.argv[1], sys.argv[2]
+cfg = transformers.ElectraConfig(vocab_size=30522, num_hidden_layers=12, max_position_embeddings=512, **eval(size))
+model = transformers.FlaxElectraForPreTraining(cfg, seed=0)
+rng = np.random.default_rng(0)  # non-trivial LayerNorm and biases
+model.params = jax.tree_util.tree_map(lambda w: np.asarray(w) + rng.normal(0, 0.02, w.shape).astype(np.float32),
+                                      model.params)
+model.save_pretrained(out)
+"""
+
+TRANSFORMERS_PATH = """
+import sys, transformers
+from transformers.modeling_flax_pytorch_utils import load_flax_checkpoint_in_pytorch_model
+src, out = sys.argv[1], sys.argv[2]
+model = transformers.ElectraForPreTraining(transformers.ElectraConfig.from_pretrained(src))
+load_flax_checkpoint_in_pytorch_model(model, src + "/flax_model.msgpack")
+model.save_pretrained(out)
+"""
+
+
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` as one child: wall time and that child's own peak RSS (wait4 rusage)."""
+    with open(log, "wb") as sink:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read_text(errors='replace')[-3000:]}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def convert_bench(src: Path, runs: Path) -> None:
+    cli = str(BIN / "electra-bridge")
+    contestants = {
+        "ours": [cli, "convert", str(src), str(runs / "ours"), "--to", "safetensors", "--quiet"],
+        "transformers": [sys.executable, "-c", TRANSFORMERS_PATH, str(src), str(runs / "transformers")],
+    }
+    results = {name: measure(cmd, runs / f"{name}.log") for name, cmd in contestants.items()}
+    ours, theirs = results["ours"], results["transformers"]
+    check = subprocess.run([cli, "verify", str(runs / "ours"), str(runs / "transformers")], capture_output=True)
+    print(f"\n1. msgpack -> safetensors ({(src / 'flax_model.msgpack').stat().st_size / MB:.0f} MB flax_model.msgpack)")
+    print(f"{'contestant':<14} {'wall s':>8} {'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"{name:<14} {r['wall_s']:8.1f} {r['peak_rss_mb']:12.0f}")
+    print(f"speed: transformers / ours (verified) = {theirs['wall_s'] / ours['wall_s']:.2f}x; "
+          f"peak RSS ours / transformers = {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x; "
+          f"outputs {'EQUAL' if check.returncode == 0 else 'NOT EQUAL'}")
+
+
+def forward_bench(src: Path, batch: int, seq: int, runs: int) -> None:
+    import jax
+    import numpy as np
+    import transformers
+
+    from electra_bridge.converters import read
+    from electra_bridge.runtimes import CheckpointRunner, probe_batch
+
+    ckpt = read(src)
+    inputs = probe_batch(ckpt.config, "pretraining", batch=batch, seq=seq)
+    ours = CheckpointRunner(ckpt, "jax")
+    model, params = transformers.FlaxElectraForPreTraining.from_pretrained(src, _do_init=False)
+    theirs = jax.jit(lambda p, x: model(**x, params=p).logits)
+    jax_inputs = {k: jax.numpy.asarray(v, dtype=jax.numpy.int32) for k, v in inputs.items()}
+
+    def timed(fn) -> float:
+        fn()  # warm-up: trace, compile and first allocation
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    t_ours = timed(lambda: ours.run("pretraining", inputs))
+    t_theirs = timed(lambda: np.asarray(theirs(params, jax_inputs)))
+    diff = float(np.max(np.abs(ours.run("pretraining", inputs).outputs["logits"] - np.asarray(theirs(params, jax_inputs)))))
+    print(f"\n2. forward pass, batch {batch} x seq {seq}, median of {runs}")
+    print(f"ours (JAX runtime, jax.jit; returns all hidden states too): {t_ours * 1e3:8.1f} ms")
+    print(f"transformers FlaxElectraForPreTraining in jax.jit:          {t_theirs * 1e3:8.1f} ms")
+    print(f"time ours / transformers = {t_ours / t_theirs:.2f}x; max-abs logit difference {diff:.2e} "
+          "(padded rows, both segment ids)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=list(SIZES), default="small")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--fresh", action="store_true", help="regenerate the checkpoint")
+    args = parser.parse_args()
+    out = ROOT / "benchmarks" / "out" / f"msgpack-{args.size}"
+    src = out / "checkpoint"
+    if args.fresh or not (src / "flax_model.msgpack").exists():
+        print(f"generating a {args.size}-size flax_model.msgpack with transformers' Flax class in {src} ...", flush=True)
+        shutil.rmtree(src, ignore_errors=True)
+        subprocess.run([sys.executable, "-c", GENERATE, repr(SIZES[args.size]), str(src)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    convert_bench(src, runs)
+    forward_bench(src, args.batch, args.seq, args.runs)
+
+
+if __name__ == "__main__":
+    main()
