@@ -199,7 +199,9 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     if batch is not None:
         for r in runners:
             user_inputs.check(batch, r.config, source)
-        batch_for = lambda head: user_inputs.for_head(batch, head)  # noqa: E731
+
+        def batch_for(head: str) -> dict:
+            return user_inputs.for_head(batch, head)
     names = list(heads) if heads is not None else [h for h in runners[0].heads if h in runners[1].heads]
     with progress.Progress(2 * len(names) + _tensor_count(runners), "reading") as bar:
         tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]

@@ -102,13 +102,13 @@ class DemoResult:
     def table(self) -> str:
         w = max(6, *(len(h.source) for h in self.hops))
         hw = max(12, *(len(h.head) for h in self.hops))
-        lines = [f"{'hop':<11} {'from':<{w}} {'format':<18} {'head':<{hw}} {'max_abs':>9} {'max_rel':>9}  "
-                 f"{'result':<18} {'seconds':>7}"]
+        lines = [(f"{'hop':<11} {'from':<{w}} {'format':<18} {'head':<{hw}} {'max_abs':>9} {'max_rel':>9}  "
+                  f"{'result':<18} {'seconds':>7}")]
         for h in self.hops:
             max_abs, max_rel = h.main_diff()
-            num = (lambda v: f"{v:>9.2e}" if v is not None else f"{'-':>9}")
-            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<18} {h.head:<{hw}} {num(max_abs)} {num(max_rel)}  "
-                         f"{h.result:<18} {h.seconds:>7.2f}" + (f"  ({h.reason})" if h.reason else ""))
+            lines.append(f"{h.name:<11} {h.source:<{w}} {h.fmt:<18} {h.head:<{hw}} {_num(max_abs):>9} "
+                         f"{_num(max_rel):>9}  {h.result:<18} {h.seconds:>7.2f}"
+                         + (f"  ({h.reason})" if h.reason else ""))
         lines.append(f"source: {self.source}  ->  {'ALL HOPS VERIFIED' if self.ok else 'SOME HOPS FAILED'}")
         return "\n".join(lines)
 
@@ -116,22 +116,26 @@ class DemoResult:
         rows = ["| hop | from | format | head | max_abs | max_rel | result | seconds |", "|---|" * 1 + "---|" * 7]
         for h in self.hops:
             max_abs, max_rel = h.main_diff()
-            num = (lambda v: f"{v:.2e}" if v is not None else "-")
             result = h.result + (f" ({h.reason})" if h.reason else "")
-            rows.append(f"| {h.name} | {h.source} | {h.fmt} | {h.head} | {num(max_abs)} | {num(max_rel)} | {result} | "
-                        f"{h.seconds:.2f} |")
+            rows.append(f"| {h.name} | {h.source} | {h.fmt} | {h.head} | {_num(max_abs)} | {_num(max_rel)} | "
+                        f"{result} | {h.seconds:.2f} |")
         details = [f"\n<details><summary>hop {h.name}: {h.fmt}</summary>\n\n{h.report.to_markdown()}\n</details>"
                    for h in self.hops if h.report is not None]
         return "\n".join([f"# electra-bridge demo: {'all hops verified' if self.ok else 'some hops failed'}", "",
                           f"Source: `{self.source}`", "", *rows, *details, ""])
 
 
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
 # ---- the embedded model --------------------------------------------------------------------------
 
 def _generated_source(folder: Path, head: str, seed: int = 0) -> Path:
     """A tiny random ELECTRA (E 16 != H 32, 2 layers) with a generated vocabulary, written as safetensors."""
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"the a of and to in is it electra model token check".split(),
-             *(chr(c) for c in range(ord("a"), ord("z") + 1)), *(f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1))]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of", "and", "to", "in", "is", "it", "electra",
+             "model", "token", "check", *letters, *(f"##{c}" for c in letters)]
     cfg = ElectraConfig(vocab_size=len(words), embedding_size=16, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=37, max_position_embeddings=40).for_head(head)
     rng = np.random.default_rng(seed)

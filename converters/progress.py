@@ -70,7 +70,8 @@ class Progress:
             return
         self._last = now
         done = int(self.WIDTH * self.count / self.total)
-        line = f"{self.desc[:48]:<48} [{'#' * done}{'.' * (self.WIDTH - done)}] {self.count}/{self.total} {now - self.start:5.1f}s"
+        bar = "#" * done + "." * (self.WIDTH - done)
+        line = f"{self.desc[:48]:<48} [{bar}] {self.count}/{self.total} {now - self.start:5.1f}s"
         self.stream.write("\r" + line)
         self.stream.flush()
 

@@ -44,7 +44,8 @@ def complete(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> dict[s
     """Check dtypes and shapes; default attention_mask to ones and token_type_ids to zeros; cast to int64."""
     ids = arrays["input_ids"]
     if ids.ndim not in (2, 3) or 0 in ids.shape:
-        raise SchemaError(f"{source}: input_ids must be [batch, seq] or [batch, choices, seq], got shape {list(ids.shape)}")
+        raise SchemaError(f"{source}: input_ids must be [batch, seq] or [batch, choices, seq], "
+                          f"got shape {list(ids.shape)}")
     out = {}
     for name in NAMES:
         arr = arrays.get(name)
@@ -53,7 +54,8 @@ def complete(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> dict[s
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise SchemaError(f"{source}: {name} must hold integers, not {arr.dtype}")
         if arr.shape != ids.shape:
-            raise SchemaError(f"{source}: {name} has shape {list(arr.shape)}, input_ids {list(ids.shape)}; they must match")
+            raise SchemaError(f"{source}: {name} has shape {list(arr.shape)}, input_ids {list(ids.shape)}; "
+                              "they must match")
         out[name] = arr.astype(np.int64)
     if not np.isin(out["attention_mask"], (0, 1)).all():
         raise SchemaError(f"{source}: attention_mask must hold only 0 and 1")

@@ -107,7 +107,8 @@ def vocab_from_assets(assets: Mapping[str, bytes]) -> dict[str, int]:
         model = _json(assets, "tokenizer.json").get("model") or {}
         if model.get("type") == "WordPiece" and isinstance(model.get("vocab"), dict):
             return {str(k): int(v) for k, v in model["vocab"].items()}
-    raise SchemaError("no vocabulary: tokenizing text needs a vocab.txt (or a WordPiece tokenizer.json) beside the model")
+    raise SchemaError("no vocabulary: tokenizing text needs a vocab.txt (or a WordPiece tokenizer.json) "
+                      "beside the model")
 
 
 def build_tokenizer(vocab: Mapping[str, int], settings: TokenizerSettings = TokenizerSettings()):
@@ -142,7 +143,8 @@ def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None, 
     if not texts:
         raise SchemaError("no text given")
     if pairs is not None and len(pairs) != len(texts):
-        raise SchemaError(f"--text-pair is given {len(pairs)} times but --text {len(texts)} times; pass one pair per text")
+        raise SchemaError(f"--text-pair is given {len(pairs)} times but --text {len(texts)} times; "
+                          "pass one pair per text")
     items = list(zip(texts, pairs)) if pairs is not None else list(texts)
     encodings = tokenizer.encode_batch(items)
     longest = max(len(e.ids) for e in encodings)

@@ -17,7 +17,8 @@ from electra_bridge.schemas import ElectraConfig
 SRC = FIXTURES / "hf" / "pretraining"
 SENTENCES = ["Hello world, the café is naïve!", "Résumé über ELECTRA 中国人", "unable [MASK] tokenizing"]
 PAIRS = ["a résumé", "好文字", "convert the model"]
-CHECKPOINT_FORMATS = [n for n in FORMATS if format_module(n).KIND == "checkpoint" and hasattr(format_module(n), "write")]
+CHECKPOINT_FORMATS = [n for n in FORMATS
+                      if format_module(n).KIND == "checkpoint" and hasattr(format_module(n), "write")]
 
 
 def vocab_only(tmp: Path, vocab: list[str] | None = None) -> Path:

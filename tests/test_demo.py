@@ -22,7 +22,7 @@ def full_demo(tmp_path_factory):
 
 
 def test_every_registered_format_is_a_verified_hop(full_demo):
-    code, result, out = full_demo
+    code, result, _ = full_demo
     assert code == 0 and result["ok"], json.dumps([(h["hop"], h["format"], h["result"], h["reason"])
                                                   for h in result["hops"]], indent=1)
     assert result["source"] == "bundled fixture fixtures/hf/pretraining"
@@ -66,9 +66,10 @@ def test_every_output_folder_loads_with_autotokenizer(full_demo):
     folders = [Path(h["path"]) for h in result["hops"] if h["result"] == "ok" and h["path"]]
     assert len(folders) >= 2
     ref = ElectraTokenizerFast(vocab_file=str(out.parent / "demo-out" / "01-safetensors" / "vocab.txt"))
-    want = ref(["café über 中国人"], ["naïve résumé"])["input_ids"]
+    text, pair = ["café über 中国人"], ["naïve résumé"]
+    want = ref(text, pair)["input_ids"]
     for folder in folders:
-        assert AutoTokenizer.from_pretrained(str(folder))(["café über 中国人"], ["naïve résumé"])["input_ids"] == want, folder
+        assert AutoTokenizer.from_pretrained(str(folder))(text, pair)["input_ids"] == want, folder
 
 
 def test_generated_model_when_fixtures_are_absent(tmp_path, monkeypatch, capsys):
