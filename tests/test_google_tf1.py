@@ -494,3 +494,45 @@ def test_hparams_detection_and_sizes():
     small = google_tf1.hparams_config({"model_size": "small"}, "discriminator")
     assert (small.hidden_size, small.num_attention_heads, small.embedding_size, small.vocab_size) == (256, 4, 128, 30522)
     assert isinstance(small, ElectraConfig)
+
+
+# ---- google-research variants: untied generator embeddings, a fully tied generator ------------------
+
+def _model_variables(path) -> dict:
+    bundle = tf_bundle.BundleReader(path)
+    return {n: bundle.read(n) for n in google_tf1.survey(bundle.shapes()).shapes}
+
+
+@pytest.mark.oracle
+def test_generator_with_untied_embeddings_uses_its_own_table(tmp_path):
+    """untied_generator_embeddings=True: the generator's embeddings live in generator/embeddings/*."""
+    tensors = _model_variables(PRE)
+    own = {n.replace("electra/embeddings/", "generator/embeddings/"): v + np.float32(0.5)
+           for n, v in tensors.items() if n.startswith("electra/embeddings/")}
+    (tmp_path / "u").mkdir()
+    tf_bundle.write_bundle(tmp_path / "u" / "model.ckpt", {**tensors, **own})
+    gen = read(tmp_path / "u", net="generator")
+    assert np.array_equal(gen.array("embeddings.word_embeddings.weight"), own["generator/embeddings/word_embeddings"])
+    disc = read(tmp_path / "u")
+    assert np.array_equal(disc.array("embeddings.word_embeddings.weight"), tensors["electra/embeddings/word_embeddings"])
+    # transformers' loader renames both tables onto the same module; the generator's (sorted last) wins there too
+    batch = probe_batch(gen.config, "masked-lm")
+    theirs = torch_run(transformers_model(gen, "ElectraForMaskedLM", "generator"), batch).logits.numpy()
+    assert max_abs(CheckpointRunner(gen).run("masked-lm", batch).outputs["logits"], theirs) <= TOL
+
+
+def test_fully_tied_generator_shares_the_discriminator_body(tmp_path):
+    """untied_generator=False: one electra/ body under both heads; generator_predictions/dense is [H, E]."""
+    tensors = {n: v for n, v in _model_variables(PRE).items() if not n.startswith(("generator/", "generator_predictions/"))}
+    d, rng = make_tf1.DISC, np.random.default_rng(1)
+    head = {"generator_predictions/dense/kernel": (d["H"], d["E"]), "generator_predictions/dense/bias": (d["E"],),
+            "generator_predictions/LayerNorm/gamma": (d["E"],), "generator_predictions/LayerNorm/beta": (d["E"],),
+            "generator_predictions/output_bias": (d["V"],)}
+    tensors.update({n: rng.standard_normal(s).astype(np.float32) for n, s in head.items()})
+    (tmp_path / "t").mkdir()
+    tf_bundle.write_bundle(tmp_path / "t" / "model.ckpt", tensors)
+    gen, disc = read(tmp_path / "t", net="generator"), read(tmp_path / "t", net="discriminator")
+    assert gen.head == "masked-lm" and gen.config.hidden_size == disc.config.hidden_size == d["H"]
+    for name in disc.as_head("base").tensors:
+        assert np.array_equal(gen.array(name), disc.array(name)), name
+    assert np.array_equal(gen.array("generator_predictions.dense.weight"), tensors["generator_predictions/dense/kernel"].T)
