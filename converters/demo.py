@@ -134,8 +134,8 @@ def _num(v: float | None) -> str:
 def _generated_source(folder: Path, head: str, seed: int = 0) -> Path:
     """A tiny random ELECTRA (E 16 != H 32, 2 layers) with a generated vocabulary, written as safetensors."""
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of", "and", "to", "in", "is", "it", "electra",
-             "model", "token", "check", *letters, *(f"##{c}" for c in letters)]
+    words = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of", "and", "to", "in", "is",
+                                "it", "electra", "model", "token", "check", *letters, *(f"##{c}" for c in letters)]))
     cfg = ElectraConfig(vocab_size=len(words), embedding_size=16, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=37, max_position_embeddings=40).for_head(head)
     rng = np.random.default_rng(seed)

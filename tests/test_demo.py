@@ -86,6 +86,8 @@ def test_generated_model_when_fixtures_are_absent(tmp_path, monkeypatch, capsys)
     source = tmp_path / "out" / "00-source"
     assert {"vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= {
         p.name for p in source.iterdir()}
+    vocab = (source / "vocab.txt").read_text().splitlines()
+    assert len(vocab) == len(set(vocab)) == json.loads((source / "config.json").read_text())["vocab_size"]
     # a second run replaces its own folder; a foreign folder is never deleted
     assert cli.main(["demo", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     foreign = tmp_path / "mine"
