@@ -30,8 +30,10 @@ def _dump(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def tokenizer_config(settings: text.TokenizerSettings, config: ElectraConfig | None) -> dict:
-    """tokenizer_config.json as transformers writes it for ElectraTokenizer(Fast)."""
+def tokenizer_config(settings: text.TokenizerSettings, config: ElectraConfig | None,
+                     specials: dict[str, str]) -> dict:
+    """tokenizer_config.json as transformers writes it for ElectraTokenizer(Fast); only special
+    tokens the vocabulary has are named (a named but absent one would be added as a new id)."""
     out = {
         "tokenizer_class": "ElectraTokenizer",
         "do_lower_case": settings.do_lower_case,
@@ -40,7 +42,7 @@ def tokenizer_config(settings: text.TokenizerSettings, config: ElectraConfig | N
         "do_basic_tokenize": True,
         "never_split": None,
         "clean_up_tokenization_spaces": True,
-        **dict(settings.special),
+        **specials,
     }
     if config is not None:
         out["model_max_length"] = config.max_position_embeddings
@@ -70,7 +72,7 @@ def complete(assets: Mapping[str, bytes], config: ElectraConfig | None = None) -
     if "special_tokens_map.json" not in out:
         out["special_tokens_map.json"] = _dump(specials)
     if "tokenizer_config.json" not in out:
-        out["tokenizer_config.json"] = _dump(tokenizer_config(settings, config))
+        out["tokenizer_config.json"] = _dump(tokenizer_config(settings, config, specials))
     if "tokenizer.json" not in out:
         try:
             out["tokenizer.json"] = text.build_tokenizer(vocab, settings).to_str(pretty=True).encode("utf-8")

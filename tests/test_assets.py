@@ -98,5 +98,8 @@ def test_complete_keeps_what_exists_and_derives_vocab():
     assert from_json["vocab.txt"] == present["vocab.txt"]         # a tokenizer.json-only source gains vocab.txt
     assert json.loads(from_json["tokenizer_config.json"])["do_lower_case"] is True
     assert complete({"config.json": b"{}"}) == {"config.json": b"{}"}   # no vocabulary: nothing to derive
+    no_mask = complete({"vocab.txt": b"[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n"})
+    assert "mask_token" not in json.loads(no_mask["tokenizer_config.json"])   # never invent a token
+    assert "mask_token" not in json.loads(no_mask["special_tokens_map.json"])
     bpe = json.dumps({"model": {"type": "BPE", "vocab": {}}}).encode()
     assert complete({"tokenizer.json": bpe}) == {"tokenizer.json": bpe}  # not WordPiece: left alone
