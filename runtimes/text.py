@@ -69,15 +69,13 @@ def guess_lowercase(vocab: Mapping[str, int]) -> bool:
 def settings_from_assets(assets: Mapping[str, bytes], vocab: Mapping[str, int] | None = None) -> TokenizerSettings:
     """Settings from tokenizer_config.json, else tokenizer.json's normalizer, else guessed from the vocab."""
     special = dict(SPECIAL_TOKENS)
-    if "special_tokens_map.json" in assets:
-        for role, tok in _json(assets, "special_tokens_map.json").items():
-            if role in special:
-                special[role] = tok["content"] if isinstance(tok, dict) else str(tok)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):   # tokenizer_config.json wins, as in transformers
+        if name in assets:
+            for role, tok in _json(assets, name).items():
+                if role in special and isinstance(tok, (str, dict)):   # older files store AddedToken dicts
+                    special[role] = tok.get("content", special[role]) if isinstance(tok, dict) else tok
     if "tokenizer_config.json" in assets:
         cfg = _json(assets, "tokenizer_config.json")
-        for role in special:
-            if isinstance(cfg.get(role), str):
-                special[role] = cfg[role]
         return TokenizerSettings(bool(cfg.get("do_lower_case", True)), cfg.get("strip_accents"),
                                  bool(cfg.get("tokenize_chinese_chars", True)), tuple(special.items()))
     if "tokenizer.json" in assets:
