@@ -28,6 +28,7 @@ VERIFY_EPILOG = """inputs: the standard probe batch by default (seeded: 3 rows o
 padding, both segment ids); --text "..." (repeatable; --text-pair once per --text) tokenized
 with the vocab.txt / tokenizer.json beside A (else B): [CLS] A [SEP] B [SEP]; or --inputs
 FILE.npz with input_ids [B,S] or [B,K,S] (+ optional attention_mask, token_type_ids).
+A multiple-choice head sees [B,S] rows as the K choices of one example.
 
 tolerance: an element passes when |a-b| <= atol + rtol*|b| (B is the reference). Defaults
 come from one table keyed by (runtime, dtype); a pair takes the looser of its two sides:
