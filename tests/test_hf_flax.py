@@ -87,6 +87,14 @@ def test_detect_and_head_subset(tmp_path):
     assert base.head == "base" and "generator_lm_head.bias" not in base.tensors
 
 
+def test_config_can_come_from_elsewhere(tmp_path):
+    shutil.copy(FLAX / "question-answering" / hf_flax.WEIGHTS, tmp_path / "qa.msgpack")
+    with pytest.raises(SchemaError, match="no config.json"):
+        read(tmp_path / "qa.msgpack")
+    ckpt = read(tmp_path / "qa.msgpack", config=FLAX / "question-answering" / "config.json")
+    assert_bit_equal(ckpt, read(HF / "question-answering"))
+
+
 def test_base_written_from_a_head_model_has_no_prefix(tmp_path):
     convert(HF / "masked-lm", tmp_path / "base", "msgpack", head="base")
     written = tree(tmp_path / "base")
