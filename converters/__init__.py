@@ -23,6 +23,8 @@ FORMATS: dict[str, str] = {
     "onnx": "electra_bridge.converters.onnx_export",
     "h5": "electra_bridge.converters.hf_h5",
     "msgpack": "electra_bridge.converters.hf_flax",
+    "torchscript": "electra_bridge.converters.torchscript_export",
+    "torch-export": "electra_bridge.converters.torch_export",
 }
 
 
