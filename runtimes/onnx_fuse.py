@@ -12,7 +12,9 @@ one kernel of equal math:
     0.5*x*(1+erf(x/sqrt 2)) of (dense)                        -> com.microsoft BiasGelu (exact erf)
     other exact GELUs                                         -> com.microsoft Gelu (exact erf)
 
-Never FastGelu: it is the tanh approximation (4.7e-4 off per activation, formats.md 7).
+Then, when the output reads token 0 only (sequence classification, multiple choice with
+summary "first"), the token-wise tail of the last layer runs on token 0 alone
+(_first_token_only). Never FastGelu: it is the tanh approximation (4.7e-4 off per activation, formats.md 7).
 Attention keeps forward.py's additive mask exactly: the [B, 1, 1|S, S] bias (0 or
 finfo(float32).min, causal part included) is expanded to [B, 1, S, S] once and fed as
 the Attention ``attention_bias`` input, so padded and even fully padded rows match the
@@ -284,6 +286,70 @@ def _gelu(ix: _Index, node) -> list | None:
 
 # ---- driver --------------------------------------------------------------------------------------
 
+#: kernels that act on each token independently (weights must be initializers, see _token_wise)
+TOKEN_WISE = {"MatMul", "Add", "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu"}
+
+
+def _token_wise(ix: _Index, node) -> bool:
+    if node.op_type not in TOKEN_WISE:
+        return False
+    if node.op_type in ("MatMul", "Add"):                         # x @ W or x + b with W, b weights
+        return ix.is_weight(node.input[1]) and not ix.is_weight(node.input[0])
+    return True
+
+
+def _reads_no_token_axis(ix: _Index, node) -> bool:
+    """A Shape node reading dimensions other than axis 1 (the batch or hidden size)."""
+    if node.op_type != "Shape":
+        return False
+    start, end = ix.attr(node, "start") or 0, ix.attr(node, "end")
+    return end is not None and (end <= 1 or start >= 2) and start >= 0
+
+
+def _first_token_only(model: onnx.ModelProto) -> int:
+    """When the output reads only token 0 (``h[:, 0:1, :]``: sequence classification, multiple
+    choice with summary "first"), compute the token-wise tail of the last layer (attention
+    output dense, LayerNorms, feed-forward) for token 0 alone instead of all S tokens.
+
+    The tail is the set of token-wise nodes all of whose readers are in the tail or are the
+    slice; every activation entering it from outside (the Attention output, the residual)
+    is sliced to token 0 first. Same numbers per token, ~1/16 less work for a 12-layer model.
+    Returns the number of slices moved.
+    """
+    graph = model.graph
+    ix = _Index(graph)
+    moved = 0
+    for sl in [n for n in graph.node if n.op_type == "Slice" and len(n.input) >= 4]:
+        if [ix.const(i).tolist() if ix.const(i) is not None else None for i in sl.input[1:4]] != [[0], [1], [1]]:
+            continue
+        tail: set[str] = set()
+        for node in reversed(list(graph.node)):
+            readers = [c for o in node.output for c in ix.consumers[o]]
+            if (_token_wise(ix, node) and readers and not set(node.output) & ix.outputs
+                    and all(c.name in tail or c.name == sl.name or _reads_no_token_axis(ix, c) for c in readers)):
+                tail.add(node.name)
+        if not tail or ix.producer.get(sl.input[0]) is None or ix.producer[sl.input[0]].name not in tail:
+            continue
+        produced = {o for n in graph.node if n.name in tail for o in n.output}
+        sliced: dict[str, str] = {}
+        for node in graph.node:
+            if node.name not in tail:
+                continue
+            for k, name in enumerate(node.input):
+                if name and name not in produced and not ix.is_weight(name):
+                    if name not in sliced:
+                        sliced[name] = f"{name}/first_token"
+                        graph.node.append(helper.make_node("Slice", [name, *sl.input[1:4]], [sliced[name]],
+                                                           name=f"{name}/first_token_node"))
+                    node.input[k] = sliced[name]
+        moved += len(sliced)
+        nodes = _toposort(list(graph.node), graph)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        ix = _Index(graph)
+    return moved
+
+
 def _rewrite(model: onnx.ModelProto, matcher, state: dict) -> None:
     """Replace every match (found on the graph as it was before this pass), then drop dead nodes.
 
@@ -352,6 +418,7 @@ def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, mask: str = "bias") -> d
     _rewrite(model, lambda ix, node: _attention(ix, node, cfg, state), state)
     _rewrite(model, _layer_norm, state)
     _rewrite(model, _gelu, state)
+    _first_token_only(model)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     ops = Counter(n.op_type for n in model.graph.node)

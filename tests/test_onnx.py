@@ -101,6 +101,17 @@ def test_optimized_graph_is_fused_and_plain_graph_is_standard(head, exported):
     assert {"Erf", "ReduceMean"} <= {op for _, op in plain}
 
 
+@pytest.mark.parametrize("head,pruned", [("sequence-classification", True), ("multiple-choice", True),
+                                         ("token-classification", False), ("pretraining", False)])
+def test_heads_reading_only_token_0_run_the_last_layer_tail_on_token_0(head, pruned, exported):
+    """The attention output of the last layer is sliced to token 0 before its dense/FFN tail
+    (results are checked by the tests above); heads reading every token keep the full tail."""
+    graph = onnx.load(str(exported(head, "optimized") / "model.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    sliced = [n for n in graph.node if n.op_type == "Slice" and producers.get(n.input[0]) == "Attention"]
+    assert len(sliced) == (1 if pruned else 0)
+
+
 def test_fresh_process_with_only_onnxruntime_and_numpy(exported, tmp_path):
     head = "question-answering"
     folder = exported(head, "optimized")
