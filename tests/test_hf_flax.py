@@ -87,6 +87,15 @@ def test_detect_and_head_subset(tmp_path):
     assert base.head == "base" and "generator_lm_head.bias" not in base.tensors
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_head_is_detected_from_paths_when_architectures_is_silent(head, tmp_path):
+    folder = _with_tree(tmp_path, FLAX / head, lambda t: t)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("architectures")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert read(folder).head == head
+
+
 def test_config_can_come_from_elsewhere(tmp_path):
     shutil.copy(FLAX / "question-answering" / hf_flax.WEIGHTS, tmp_path / "qa.msgpack")
     with pytest.raises(SchemaError, match="no config.json"):
