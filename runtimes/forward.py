@@ -54,7 +54,13 @@ class Result:
 # ---- building blocks -------------------------------------------------------------------------
 
 def linear(x, p, name, ops):
-    """x @ W.T + b with W [out, in] (the canonical layout)."""
+    """x @ W.T + b with W [out, in] (the canonical layout).
+
+    An ops namespace may offer ``linear(x, W, b)`` computing exactly this in one fused
+    kernel (torch: F.linear); ops without it get the two-op form below.
+    """
+    if hasattr(ops, "linear"):
+        return ops.linear(x, p[f"{name}.weight"], p[f"{name}.bias"])
     return ops.matmul(x, ops.transpose(p[f"{name}.weight"], (1, 0))) + p[f"{name}.bias"]
 
 
