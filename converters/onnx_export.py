@@ -171,9 +171,9 @@ def write(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool 
     if not plain:
         from electra_bridge.runtimes.onnx_fuse import fuse
 
-        # int8: QAttention has no attention_bias input (the quantizer would drop the mask), so
-        # quantized graphs feed Attention the raw 0/1 mask instead (runtimes/onnx_fuse.py)
-        fusions = fuse(model, ckpt.config.for_head(ckpt.head), mask="index" if quantize else "bias")
+        # int8: QAttention has no attention_bias input, so the causal mask must go in as
+        # unidirectional=1 (runtimes/onnx_fuse.py)
+        fusions = fuse(model, ckpt.config.for_head(ckpt.head), quantizable=bool(quantize))
         log.info("onnx: fused %s", ", ".join(f"{n} {op}" for op, n in sorted(fusions.items())) or "nothing")
         _set_meta(model, graph="optimized")
     path = out / MODEL_FILE

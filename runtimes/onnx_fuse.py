@@ -14,11 +14,10 @@ one kernel of equal math:
 
 Then, when the output reads token 0 only (sequence classification, multiple choice with
 summary "first"), the token-wise tail of the last layer runs on token 0 alone
-(_first_token_only). Never FastGelu: it is the tanh approximation (4.7e-4 off per activation, formats.md 7).
-Attention keeps forward.py's additive mask exactly: the [B, 1, 1|S, S] bias (0 or
-finfo(float32).min, causal part included) is expanded to [B, 1, S, S] once and fed as
-the Attention ``attention_bias`` input, so padded and even fully padded rows match the
-reference (the ``mask_index`` input would apply ONNX Runtime's own -10000 fill instead).
+(_first_token_only). Never FastGelu: it is the tanh approximation (4.7e-4 off per
+activation, formats.md section 7). Attention keeps forward.py's additive mask exactly: the raw mask with
+``mask_filter_value`` = finfo(float32).min (ONNX Runtime's default fill is -10000, which
+differs on fully padded rows), and for causal-lm forward's own [B, 1, S, S] bias.
 """
 
 from __future__ import annotations
@@ -160,17 +159,19 @@ def _attention(ix: _Index, node, cfg: ElectraConfig, state: dict) -> list | None
     attrs = {"num_heads": n_heads}
     if not _near(divisor, math.sqrt(d)):
         attrs["scale"] = 1.0 / divisor
-    if state["mask"] == "index":
-        mask_index, nodes = _mask_index(ix, bias, state)
-        if mask_index is None:
-            return None
-        attrs.update(state["causal"][bias])
-        mask_inputs = [mask_index]
-    else:
-        full = f"{bias}/expanded"
+    mask_index, nodes = _mask_index(ix, bias, state)
+    if mask_index is None:
+        return None
+    causal = state["causal"][bias]
+    if causal and not state["quantizable"]:
+        full = f"{bias}/expanded"                                          # exact, fully padded rows too
         mask_inputs = ["", "", full]                                        # (mask_index, past, attention_bias)
         nodes = [] if bias in state["expanded"] else _expand_bias(bias, full)
         state["expanded"].add(bias)
+    else:
+        attrs["mask_filter_value"] = float(np.finfo(np.float32).min)      # forward.py's fill, not ORT's -10000
+        attrs.update({"unidirectional": 1} if causal else {})
+        mask_inputs = [mask_index]
     x, out = q[0], reshape[0].output[0]
     state["drop"].update({merge[0].name, reshape[0].name})                    # Attention writes ``out`` itself
     weight = np.concatenate([ix.const(m[1]) for m in (q, k, v)], axis=1)      # [H, 3H]: q | k | v
@@ -197,11 +198,11 @@ def _expand_bias(bias: str, full: str) -> list:
 
 
 def _mask_index(ix: _Index, bias: str, state: dict):
-    """For ``mask="index"``: the int32 [B, S] 0/1 mask behind ``bias`` (and nodes making it).
+    """The int32 [B, S] 0/1 mask behind the additive ``bias``, and the nodes making it.
 
-    Walks up from the additive bias to the Cast of the integer attention mask
+    Walks up from the bias to the Cast of the integer attention mask
     (forward.attention_bias); a LessOrEqual on the way marks the causal mask
-    (state["causal"][bias] holds the ``unidirectional`` attribute).
+    (state["causal"][bias]).
     """
     if bias in state["index"]:
         return state["index"][bias], []
@@ -219,7 +220,7 @@ def _mask_index(ix: _Index, bias: str, state: dict):
     if cast is None:
         return None, []
     index = f"{cast.input[0]}/int32"
-    state["index"][bias], state["causal"][bias] = index, ({"unidirectional": 1} if causal else {})
+    state["index"][bias], state["causal"][bias] = index, causal
     return index, [helper.make_node("Cast", [cast.input[0]], [index], name=f"{index}_cast", to=onnx.TensorProto.INT32)]
 
 
@@ -401,19 +402,21 @@ def _prune(model: onnx.ModelProto) -> None:
         graph.initializer.remove(t)
 
 
-def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, mask: str = "bias") -> dict[str, int]:
+def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, quantizable: bool = False) -> dict[str, int]:
     """Fuse ``model`` (a plain graph from converters/onnx_export.build_model) in place.
 
-    ``mask="bias"`` (default) feeds Attention forward.py's exact additive bias;
-    ``mask="index"`` feeds the raw 0/1 mask (``mask_index``, plus ``unidirectional`` for
-    causal-lm) instead, which ONNX Runtime fills with -10000: equal on every row with at
-    least one real token, but the int8 quantizer keeps only this input (QAttention has
-    no attention_bias and silently drops it -- measured: padding then leaks into logits).
+    Attention gets the raw 0/1 mask (``mask_index`` [B, S] int32) with ``mask_filter_value``
+    = finfo(float32).min, which is forward.py's additive mask exactly (every row, fully
+    padded ones included) and ~10% faster than a bias input. The causal mask goes in as
+    forward's own [B, 1, S, S] bias (``attention_bias``), unless ``quantizable``: QAttention
+    has no attention_bias input (the int8 quantizer silently drops it -- measured: padding
+    then leaks into the logits), so quantizable graphs use ``unidirectional=1`` instead,
+    equal except on fully padded rows (where the causal and padding fills add to -inf).
 
     Returns how many of each fused kernel were created. Softmax goes first (Attention
     matches on it), LayerNorm before GELU (BiasGelu and SkipLayerNorm share no nodes).
     """
-    state = {"expanded": set(), "new_inits": [], "drop": set(), "mask": mask, "index": {}, "causal": {}}
+    state = {"expanded": set(), "new_inits": [], "drop": set(), "quantizable": quantizable, "index": {}, "causal": {}}
     _rewrite(model, _softmax, state)
     _rewrite(model, lambda ix, node: _attention(ix, node, cfg, state), state)
     _rewrite(model, _layer_norm, state)
