@@ -53,12 +53,14 @@ def write(ckpt: Checkpoint, out: Path, **options) -> list[Path]:
     if options:
         raise SchemaError(f"the {NAME} writer takes no options ({', '.join(options)} given)")
     torch = import_torch()
+    from electra_bridge.runtimes.torch_fuse import fuse
     from electra_bridge.runtimes.torch_module import example_inputs, from_checkpoint
 
-    module = from_checkpoint(ckpt)
+    module = from_checkpoint(ckpt)       # eager reference; check_dynamic compares against it
+    graph = fuse(module, module._ops)    # same math, fused LayerNorm/softmax/GELU kernels
     args = example_inputs(ckpt.config, ckpt.head, **EXAMPLE)
     try:
-        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes(ckpt), strict=False)
+        program = torch.export.export(graph, args, dynamic_shapes=dynamic_shapes(ckpt), strict=False)
     except Exception as exc:  # torch raises several types (UserError, ConstraintViolationError, ...)
         raise FormatError(f"torch.export failed for head {ckpt.head}: {str(exc).splitlines()[0]}") from exc
     check_dynamic(program.module(), module, ckpt, NAME)

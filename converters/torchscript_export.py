@@ -1,7 +1,8 @@
 """TorchScript artifact: a folder with ``model.pt`` (torch.jit) + config.json + tokenizer assets.
 
 ``model.pt`` is a trace of runtimes/torch_module.ElectraModule (the shared forward pass
-with torch ops). Sizes are read from the inputs inside the graph, so the file accepts
+with torch ops), after runtimes/torch_fuse swapped forward.py's LayerNorm, softmax and
+GELU blocks for torch's fused kernels (same math; checked against the unfused module). Sizes are read from the inputs inside the graph, so the file accepts
 any batch size and sequence length up to max_position_embeddings; ``write`` checks this
 by running the trace at a shape other than the example one. Parameters keep their
 canonical names (``state_dict()``), float32, dense kernels [out, in]; a tied MLM decoder
@@ -123,15 +124,17 @@ def write(ckpt: Checkpoint, out: Path, **options) -> list[Path]:
     if options:
         raise SchemaError(f"the {NAME} writer takes no options ({', '.join(options)} given)")
     torch = import_torch()
+    from electra_bridge.runtimes.torch_fuse import fuse
     from electra_bridge.runtimes.torch_module import example_inputs, from_checkpoint
 
-    module = from_checkpoint(ckpt)
+    module = from_checkpoint(ckpt)       # eager reference; check_dynamic compares against it
+    graph = fuse(module, module._ops)    # same math, fused LayerNorm/softmax/GELU kernels
     args = example_inputs(ckpt.config, ckpt.head, **EXAMPLE)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
         # strict=False: the output is a dict; check_trace off because check_dynamic below
         # compares at a *different* shape, which is the check that matters.
-        traced = torch.jit.trace(module, args, strict=False, check_trace=False)
+        traced = torch.jit.trace(graph, args, strict=False, check_trace=False)
     check_dynamic(traced, module, ckpt, NAME)
     meta = metadata(NAME, ckpt.config.for_head(ckpt.head), ckpt.head, module.output_names)
     torch.jit.save(traced, str(out / FILE), _extra_files={META_NAME: meta})

@@ -38,10 +38,16 @@ class TorchOps:
         return x.detach().cpu().numpy()
 
     def compile(self, fn):
-        """No graph compilation: the eager ops under inference_mode (no autograd bookkeeping)."""
+        """fx-trace ``fn`` and swap forward.py's LayerNorm/softmax/GELU blocks for torch's
+        fused kernels (runtimes/torch_fuse.py); run it under inference_mode."""
+        from .torch_fuse import fuse
+
+        graph = fuse(fn, self)
+
         def run(params, batch):
             with torch.inference_mode():
-                return fn(params, batch)
+                return graph(params, batch)
+        run.fused_counts = graph.fused_counts
         return run
 
     # ---- the Ops protocol ---------------------------------------------------------------

@@ -18,6 +18,7 @@ that table once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -62,7 +63,9 @@ class ElectraModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        params = dict(self.named_parameters())
+        # attribute reads (not named_parameters): torch.fx's tracer turns them into graph nodes,
+        # so ops on a parameter alone (the tied decoder's transpose) stay in the graph
+        params = {name: functools.reduce(getattr, name.split("."), self) for name in self._names}
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         result = forward(params, self.cfg, self.head, batch, self._ops)
         out = dict(result.outputs)

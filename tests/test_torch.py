@@ -71,6 +71,14 @@ def test_torch_runtime_verifies_against_numpy_and_catches_a_changed_weight():
     assert report.heads[0].first_divergence == "layer 1"
 
 
+def test_fusion_replaces_every_layer_norm_softmax_and_gelu():
+    ckpt = read(spec.HF_SAFETENSORS / "masked-lm")
+    runner = CheckpointRunner(ckpt, "torch")
+    layers = ckpt.config.num_hidden_layers
+    # LayerNorm: embeddings + 2 per layer + generator head; GELU: 1 per layer + generator head
+    assert runner._fn("masked-lm").fused_counts == {"layer_norm": 2 * layers + 2, "softmax": layers, "gelu": layers + 1}
+
+
 # ---- artifacts -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
