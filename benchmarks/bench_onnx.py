@@ -154,7 +154,8 @@ def main() -> int:
     import torch
 
     print(f"electra-base-size sequence classification, seq {SEQ}, {args.threads} threads, median of {args.repeats} "
-          f"runs in 4 alternating rounds; onnxruntime {onnxruntime.__version__}, optimum {optimum.version.__version__}, "
+          f"runs in 4 alternating rounds; onnxruntime {onnxruntime.__version__}, "
+          f"optimum {optimum.version.__version__}, "
           f"torch {torch.__version__}")
     print(f"ours: {export_note}")
     print(f"{'batch':>5} {'ours ms':>9} {'O2 ms':>9} {'eager ms':>9} {'int8 ms':>9} {'ours/O2':>8} {'ours/eager':>10} "

@@ -32,7 +32,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 from electra_bridge.schemas import Checkpoint, MissingDependencyError, SchemaError, get_head
 from electra_bridge.schemas.checkpoint import materialize
 
@@ -103,7 +102,8 @@ def build_model(ckpt: Checkpoint, head: str | None = None, *, opset: int = DEFAU
     result = forward(params, cfg, head, batch, ops)
     symbols = dict(spec.outputs)
     sizes = {"H": cfg.hidden_size, "V": cfg.vocab_size, "C": cfg.num_labels}
-    outputs = {name: (result.outputs[name], [sizes.get(s, s) for s in _dims(symbols[name])]) for name in spec.output_names}
+    outputs = {name: (result.outputs[name], [sizes.get(s, s) for s in _dims(symbols[name])])
+               for name in spec.output_names}
     metadata = {META_HEAD: head, META_CONFIG: cfg.to_json(), META_GRAPH: "plain", META_DTYPE: "float32"}
     return builder.model(outputs, metadata=metadata, graph_name=f"electra_{head.replace('-', '_')}")
 
@@ -209,7 +209,6 @@ def inspect(path: Path) -> dict:
     """Head, config, graph kind, dtype, inputs/outputs with their axes, operator counts, parameters."""
     _require_onnx()
     import onnx
-
     from electra_bridge.runtimes.onnx_runner import describe, model_path
 
     file = model_path(path)
@@ -232,6 +231,7 @@ def inspect(path: Path) -> dict:
         "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
         "external_data": external.name if external.exists() else None,
         "assets": sorted(assets.collect(file.parent)),
-        "tensors": [{"name": t.name, "shape": list(t.dims), "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
+        "tensors": [{"name": t.name, "shape": list(t.dims),
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
                     for t in model.graph.initializer if not t.name.startswith("/")],
     }

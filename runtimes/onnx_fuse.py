@@ -27,9 +27,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
-
 from electra_bridge.schemas import ElectraConfig
+from onnx import helper, numpy_helper
 
 MS = "com.microsoft"
 #: the kernels fuse() produces (its return value counts them)
@@ -275,7 +274,8 @@ def _gelu(ix: _Index, node) -> list | None:
             continue
         inner = ix.op(erf.input[0], "Mul")
         x = next((i for i in half.input if _near(ix.scalar(_other(half, i)), 0.5)), None)
-        if inner is None or x is None or x not in inner.input or not _near(ix.scalar(_other(inner, x)), 1 / math.sqrt(2)):
+        if (inner is None or x is None or x not in inner.input
+                or not _near(ix.scalar(_other(inner, x)), 1 / math.sqrt(2))):
             continue
         dense = _dense(ix, x)
         if dense is not None and ix.private(x, users=2) and len(ix.const(dense[2]).shape) == 1:

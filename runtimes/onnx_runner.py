@@ -20,9 +20,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from electra_bridge.schemas import (
-    ARCHITECTURE_TO_HEAD, ElectraConfig, FormatError, MissingDependencyError, SchemaError, get_head,
+    ARCHITECTURE_TO_HEAD,
+    ElectraConfig,
+    FormatError,
+    MissingDependencyError,
+    SchemaError,
+    get_head,
 )
 
 from .forward import Result
@@ -94,7 +98,8 @@ class OnnxRunner:
         self.config, self.head, self.graph, self.dtype = describe(self.path)
         # int8 error (~1e-2) dwarfs fusion error (~1e-6): quantized models of either graph kind
         # share the ("onnxruntime", "int8") tolerance row
-        self.runtime = "onnxruntime" if self.dtype == "int8" else RUNTIME_BY_GRAPH.get(self.graph, "onnxruntime-optimized")
+        graph_runtime = RUNTIME_BY_GRAPH.get(self.graph, "onnxruntime-optimized")
+        self.runtime = "onnxruntime" if self.dtype == "int8" else graph_runtime
         self.heads = (self.head,)
         self.name = name or str(path)
         self.threads = _threads(threads)

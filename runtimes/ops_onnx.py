@@ -69,7 +69,7 @@ class GraphBuilder:
         self.initializers[name] = np.ascontiguousarray(array)
         return name
 
-    def input(self, name: str, dims: Sequence[str | int]) -> "Sym":
+    def input(self, name: str, dims: Sequence[str | int]) -> Sym:
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, list(dims)))
         return Sym(self, name)
 
@@ -104,7 +104,7 @@ class GraphBuilder:
             kept.append(n)
         self.nodes = kept
 
-    def model(self, outputs: Mapping[str, tuple["Sym", Sequence[str | int]]], *,
+    def model(self, outputs: Mapping[str, tuple[Sym, Sequence[str | int]]], *,
               metadata: Mapping[str, str] = (), graph_name: str = "electra") -> onnx.ModelProto:
         """Name ``outputs`` (output name -> (value, dims)), fold weight transposes, build the model."""
         value_infos = []
@@ -139,7 +139,7 @@ class Sym:
             return other.name
         return self.g.const(other, FLOAT)
 
-    def _binary(self, op: str, other, reflected: bool = False) -> "Sym":
+    def _binary(self, op: str, other, reflected: bool = False) -> Sym:
         a, b = self.name, self._operand(other)
         return Sym(self.g, self.g.node(op, [b, a] if reflected else [a, b]))
 
@@ -153,7 +153,7 @@ class Sym:
     def __rtruediv__(self, o): return self._binary("Div", o, True)
     def __neg__(self): return Sym(self.g, self.g.node("Neg", [self.name]))
 
-    def __getitem__(self, key) -> "Sym":
+    def __getitem__(self, key) -> Sym:
         """Basic slicing with unit steps, e.g. ``h[:, 0:1, :]`` or ``h[:, -1:, :]``."""
         key = key if isinstance(key, tuple) else (key,)
         starts, ends, axes = [], [], []
@@ -167,7 +167,7 @@ class Sym:
             axes.append(axis)
         if not axes:
             return self
-        c = lambda v: self.g.const(v, np.int64)  # noqa: E731
+        c = lambda v: self.g.const(v, np.int64)
         return Sym(self.g, self.g.node("Slice", [self.name, c(starts), c(ends), c(axes)]))
 
 

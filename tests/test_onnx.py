@@ -6,16 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import HEADS, golden, max_abs, run_cli, run_python, spec
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from electra_bridge.converters import convert, onnx_export, open_runner, read  # noqa: E402
-from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch  # noqa: E402
-from electra_bridge.runtimes.onnx_runner import OnnxRunner  # noqa: E402
-from electra_bridge.schemas import Checkpoint, ElectraConfig, SchemaError, get_head, head_shapes  # noqa: E402
+from electra_bridge.converters import convert, onnx_export, open_runner, read
+from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch
+from electra_bridge.runtimes.onnx_runner import OnnxRunner
+from electra_bridge.schemas import Checkpoint, ElectraConfig, SchemaError, get_head, head_shapes
 
 GRAPHS = {"plain": {"plain": True}, "optimized": {}}
 #: (batch, sequence, choices): none of them is the probe batch (3, 11, 3); nothing is fixed at export
@@ -42,8 +41,8 @@ def worst_diff(runner, reference, head, shapes=SHAPES, atol=None):
     worst = 0.0
     for batch, seq, choices in shapes:
         report = compare(runner, reference, heads=[head], atol=atol,
-                         batch_for=lambda h: probe_batch(reference.config, h, batch=batch, seq=seq, choices=choices,
-                                                         seed=batch * seq))
+                         batch_for=lambda h, b=batch, s=seq, k=choices: probe_batch(
+                             reference.config, h, batch=b, seq=s, choices=k, seed=b * s))
         assert report.ok, report.table()
         worst = max(worst, *(d.max_abs for h in report.heads for d in h.outputs))
     return worst
@@ -88,7 +87,8 @@ def test_graph_interface_is_optimums(head, exported):
 
 @pytest.mark.parametrize("head", ["pretraining", "masked-lm", "causal-lm"])
 def test_optimized_graph_is_fused_and_plain_graph_is_standard(head, exported):
-    ops = lambda g: {(n.domain or "", n.op_type) for n in onnx.load(str(exported(head, g) / "model.onnx")).graph.node}  # noqa
+    def ops(graph):
+        return {(n.domain or "", n.op_type) for n in onnx.load(str(exported(head, graph) / "model.onnx")).graph.node}
     fused, plain = ops("optimized"), ops("plain")
     layers = spec.CONFIG["num_hidden_layers"]
     counts = {}
@@ -162,7 +162,8 @@ def test_bare_onnx_file_is_self_describing(exported, tmp_path):
     shutil.copy(exported("multiple-choice", "optimized") / "model.onnx", tmp_path / "mc.onnx")
     runner = open_runner(tmp_path / "mc.onnx")                       # no config.json beside it
     assert runner.heads == ("multiple-choice",) and runner.config.num_hidden_layers == 2
-    assert worst_diff(runner, CheckpointRunner(read(spec.HF_SAFETENSORS / "multiple-choice")), "multiple-choice") <= 1e-5
+    reference = CheckpointRunner(read(spec.HF_SAFETENSORS / "multiple-choice"))
+    assert worst_diff(runner, reference, "multiple-choice") <= 1e-5
 
 
 def test_head_option_and_cli_convert_verify_inspect(tmp_path):
