@@ -90,6 +90,8 @@ def build_model(ckpt: Checkpoint, head: str | None = None, *, opset: int = DEFAU
     from electra_bridge.runtimes.ops_onnx import GraphBuilder, OnnxOps
 
     head = head or ckpt.head
+    if head != ckpt.head:
+        ckpt = ckpt.as_head(head)                                   # only the tensors the head reads
     spec = get_head(head)
     if opset < MIN_OPSET:
         raise SchemaError(f"opset {opset} is too old: the exported graph needs opset >= {MIN_OPSET}")
