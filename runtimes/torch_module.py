@@ -11,6 +11,10 @@ outputs first under their transformers names (``last_hidden_state``, ``logits``,
 ``start_logits``/``end_logits``), then ``hidden_states.0`` (embedding output) ...
 ``hidden_states.L`` for per-layer drift reports.
 
+The converters save this module after runtimes/torch_fuse has swapped forward.py's
+LayerNorm/softmax/GELU blocks for torch's fused kernels, and check the result against
+the unfused module.
+
 Tied MLM decoder: a tied checkpoint has no ``generator_lm_head.weight`` (schemas TIES),
 and forward.py reads the word-embedding table for the decoder, so a saved artifact holds
 that table once.
