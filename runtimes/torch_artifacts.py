@@ -19,11 +19,15 @@ import numpy as np
 from electra_bridge.schemas import ElectraConfig, FormatError, MissingDependencyError, SchemaError, get_head
 
 from .forward import Result
-from .torch_module import HIDDEN_PREFIX, INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 META_NAME = "electra_bridge.json"
+
+
+#: artifact call convention, shared with runtimes/torch_module.py (kept here: this module must not import torch)
+HIDDEN_PREFIX = "hidden_states."
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def import_torch():

@@ -32,9 +32,7 @@ from electra_bridge.schemas import ElectraConfig, get_head
 
 from .forward import forward
 from .ops_torch import TorchOps
-
-HIDDEN_PREFIX = "hidden_states."
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from .torch_artifacts import HIDDEN_PREFIX, INPUT_NAMES
 
 
 def _owner(root: torch.nn.Module, path: list[str]) -> torch.nn.Module:
