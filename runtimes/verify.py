@@ -22,7 +22,8 @@ from .runner import Runner
 
 #: (runtime, dtype) -> (atol, rtol); a pair is judged by the looser of its two sides.
 #: float32 CPU kernels of different frameworks agree to ~1e-6 on small models (formats.md section 9);
-#: fused ONNX Runtime kernels (attention, LayerNorm, GELU) reorder sums, hence their wider row.
+#: fused ONNX Runtime kernels (attention, LayerNorm, GELU) reorder sums, yet measured <= 1.2e-6 on the fixtures
+#: and <= 5.1e-6 at electra-base size, so they share the float32 row (a 1e-4 row let a perturbed layer pass).
 TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("numpy", "float32"): (1e-5, 1e-4),
     ("torch", "float32"): (1e-5, 1e-4),
@@ -31,7 +32,7 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("torchscript", "float32"): (1e-5, 1e-4),
     ("torch-export", "float32"): (1e-5, 1e-4),
     ("onnxruntime", "float32"): (1e-5, 1e-4),
-    ("onnxruntime-optimized", "float32"): (1e-4, 1e-3),
+    ("onnxruntime-optimized", "float32"): (1e-5, 1e-4),
     # dynamic int8 (onnx --quantize int8): measured max-abs <= 0.047 on the fixtures, 0.008 on a random
     # electra-base; a quantized graph that lost its padding mask measured 0.116, so 0.5 would hide it
     ("onnxruntime", "int8"): (1e-1, 1e-1),
