@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,12 @@ class ConvertResult:
     out: Path
     source: Checkpoint
     report: Report | None
+    #: one result per written folder when a source yields several (``net="both"``); else just this one
+    parts: list["ConvertResult"] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list["ConvertResult"]:
+        return self.parts or [self]
 
 
 def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None, head: str | None = None,
@@ -127,7 +133,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
 
     On a mismatch nothing is left at ``out`` and VerificationError carries the report.
     ``read_options={"net": "both"}`` (Google pretraining checkpoints) converts each net into
-    ``out/discriminator`` and ``out/generator`` and returns the discriminator's result.
+    ``out/discriminator`` and ``out/generator``; the result lists both in ``parts``.
     """
     read_options = dict(read_options or {})
     if read_options.get("net") == "both":
@@ -135,7 +141,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
                            atol=atol, rtol=rtol, read_options={**read_options, "net": net},
                            write_options=write_options)
                    for net in ("discriminator", "generator")]
-        return results[0]
+        return ConvertResult(Path(out), results[0].source, results[0].report, results)
     ckpt = read(src, fmt, head=head, **read_options)
     out = Path(out)
     reports: list[Report] = []

@@ -140,14 +140,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     result = api.convert(args.src, args.out, args.to, fmt=args.fmt, head=args.head, verify=not args.no_verify,
                          force=args.force, runtime=args.runtime, atol=args.atol, rtol=args.rtol,
                          read_options=_options(args, "read"), write_options=_options(args, "write"))
-    if args.json:  # stdout is exactly one JSON document
-        report = result.report.to_dict() if result.report else None
-        print(json.dumps({"out": str(result.out), "format": args.to, "head": result.source.head,
-                          "verified": report is not None, "report": report}, indent=2))
+    parts = result.outputs
+    if args.json:  # stdout is exactly one JSON document (a list when several folders were written)
+        docs = [{"out": str(r.out), "format": args.to, "head": r.source.head, "verified": r.report is not None,
+                 "report": r.report.to_dict() if r.report else None} for r in parts]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
         return EXIT_OK
-    if result.report:
-        print(result.report.table())
-    print(f"wrote {result.out} ({args.to}, head {result.source.head})" + ("" if result.report else " -- NOT verified"))
+    for r in parts:
+        if r.report:
+            print(r.report.table())
+        print(f"wrote {r.out} ({args.to}, head {r.source.head})" + ("" if r.report else " -- NOT verified"))
     return EXIT_OK
 
 

@@ -334,6 +334,9 @@ def test_cli_net_both_writes_one_folder_per_net(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for net, cls in NET_CLASS.items():
         assert json.loads((out / net / "config.json").read_text())["architectures"] == [cls]
+        assert f"wrote {out / net} (safetensors" in proc.stdout  # both folders are reported
+    docs = json.loads(run_cli("convert", PRE, out, "--to", "safetensors", "--net", "both", "--force", "--json").stdout)
+    assert [d["head"] for d in docs] == ["pretraining", "masked-lm"] and all(d["report"]["ok"] for d in docs)
 
 
 # ---- fine-tuned checkpoints ---------------------------------------------------------------------
