@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from electra_bridge.schemas import ElectraConfig, SchemaError
+
 #: files copied from a source folder to every output folder, byte for byte
 ASSET_NAMES = (
     "vocab.txt",
@@ -29,3 +31,13 @@ def write(out: Path, assets: Mapping[str, bytes]) -> list[Path]:
         (out / name).write_bytes(data)
         written.append(out / name)
     return written
+
+
+def config_for(weights: Path, config: str | Path | ElectraConfig | None) -> ElectraConfig:
+    """The model config: ``config`` if given (a config or a path), else config.json beside ``weights``."""
+    if isinstance(config, ElectraConfig):
+        return config
+    path = Path(config) if config else Path(weights).parent / "config.json"
+    if not path.exists():
+        raise SchemaError(f"no config.json beside {weights}; pass --config with the model's HF config.json")
+    return ElectraConfig.from_json_file(path)

@@ -303,15 +303,6 @@ def detect(path: Path) -> bool:
     return _weights_file(Path(path)) is not None
 
 
-def _config_for(weights: Path, config: str | Path | ElectraConfig | None) -> ElectraConfig:
-    if isinstance(config, ElectraConfig):
-        return config
-    path = Path(config) if config else weights.parent / "config.json"
-    if not path.exists():
-        raise SchemaError(f"no config.json beside {weights}; pass --config with the model's HF config.json")
-    return ElectraConfig.from_json_file(path)
-
-
 def _strip_prefix(native: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
     """Drop the ``electra/`` level of head models; a bare ``params`` wrapper (a flax train state) is unwrapped."""
     if native and all(n.startswith("params/") for n in native):
@@ -350,7 +341,7 @@ def read(path: str | Path, *, head: str | None = None, config: str | Path | Elec
     weights = _weights_file(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {WEIGHTS} or {INDEX} found")
-    cfg = _config_for(weights, config)
+    cfg = assets.config_for(weights, config)
     native = _load_index(weights) if weights.name.endswith(".index.json") else _load_file(weights)
     native = _strip_prefix(native, str(weights))
 

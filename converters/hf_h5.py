@@ -284,15 +284,6 @@ def scan_sharded(index: Path) -> tuple[dict[str, Variable], str]:
     return found, next(iter(scopes), "")
 
 
-def _config_for(weights: Path, config: str | Path | ElectraConfig | None) -> ElectraConfig:
-    if isinstance(config, ElectraConfig):
-        return config
-    path = Path(config) if config else weights.parent / "config.json"
-    if not path.exists():
-        raise SchemaError(f"no config.json beside {weights}; pass --config with the model's HF config.json")
-    return ElectraConfig.from_json_file(path)
-
-
 def _head_of(cfg: ElectraConfig, natives: set[str]) -> str:
     for arch in cfg.architectures:  # TF save_pretrained strips the "TF" prefix; accept it anyway
         head = ARCHITECTURE_TO_HEAD.get(arch.removeprefix("TF"))
@@ -328,7 +319,7 @@ def read(path: str | Path, *, head: str | None = None, config: str | Path | Elec
     weights = _weights_file(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {WEIGHTS} found")
-    cfg = _config_for(weights, config)
+    cfg = assets.config_for(weights, config)
     found, scope = scan_sharded(weights) if weights.name.endswith(".index.json") else scan(weights)
     own_head = _head_of(cfg, set(found))
     if own_head in ("masked-lm", "causal-lm") and not cfg.tie_word_embeddings:

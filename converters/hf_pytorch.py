@@ -120,15 +120,6 @@ def _native_tensors(weights: Path) -> dict[str, object]:
     return safetensors_io.SafetensorsFile(weights).tensors()
 
 
-def _config_for(weights: Path, config: str | Path | ElectraConfig | None) -> ElectraConfig:
-    if isinstance(config, ElectraConfig):
-        return config
-    path = Path(config) if config else weights.parent / "config.json"
-    if not path.exists():
-        raise SchemaError(f"no config.json beside {weights}; pass --config with the model's HF config.json")
-    return ElectraConfig.from_json_file(path)
-
-
 def read(path: str | Path, *, head: str | None = None, config: str | Path | ElectraConfig | None = None) -> Checkpoint:
     """Read an HF PyTorch checkpoint (folder or weights file) into a canonical Checkpoint.
 
@@ -139,7 +130,7 @@ def read(path: str | Path, *, head: str | None = None, config: str | Path | Elec
     weights = _weights_file(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {', '.join(WEIGHT_FILES)} found")
-    cfg = _config_for(weights, config)
+    cfg = assets.config_for(weights, config)
     native = _native_tensors(weights)
 
     prefixed = any(n.startswith(PREFIX) for n in native)
