@@ -2,8 +2,6 @@ import importlib.util
 
 import pytest
 
-from helpers import HEADS  # noqa: F401  (tests/ is on sys.path under pytest's rootdir conftest)
-
 
 def pytest_collection_modifyitems(config, items):
     """Oracle tests need transformers; skip them (loudly) where it is not installed."""

@@ -28,6 +28,17 @@ def golden(head: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], lis
     return inputs, outputs, hidden
 
 
+def assert_same_tensors(a, b, *, same_config: bool = True) -> None:
+    """Two Checkpoints hold the same tensor names, each bit-equal (dtype, shape, bytes);
+    with ``same_config`` also the same head and config."""
+    if same_config:
+        assert a.head == b.head and a.config == b.config
+    assert set(a.tensors) == set(b.tensors), sorted(set(a.tensors) ^ set(b.tensors))
+    for name in a.tensors:
+        x, y = a.array(name), b.array(name)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+
+
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import FIXTURES, max_abs, run_cli, run_python
+from helpers import FIXTURES, assert_same_tensors, max_abs, run_cli, run_python
 
 from electra_bridge.converters import convert, detect_format, google_tf1, read, tf_bundle, write
 from electra_bridge.converters.rules import bind, ignored_reason
@@ -38,14 +38,6 @@ def tf_reader(path):
 
 def prefix(path) -> str:
     return str(tf_bundle.resolve_prefix(path))
-
-
-def assert_same_tensors(a, b):
-    assert a.head == b.head and a.config == b.config
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name in a.tensors:
-        x, y = a.array(name), b.array(name)
-        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
 
 
 def transformers_model(ckpt, cls_name: str, net: str):

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import HEADS, golden, max_abs, run_cli, run_python, spec
+from helpers import HEADS, assert_same_tensors, golden, max_abs, run_cli, run_python, spec
 
 from electra_bridge.converters import FORMATS, convert, detect_format, hf_h5, hf_pytorch, read, write
 from electra_bridge.converters.rules import bind, ignored_reason
@@ -24,14 +24,6 @@ H5_SHARDED = spec.HERE / "hf-h5-sharded"  # masked-lm saved with a tiny max_shar
 TF_HEADS = tuple(h for h in HEADS if h != "causal-lm")  # there is no TFElectraForCausalLM
 BLOCKED = ("tensorflow", "keras", "tf_keras", "jax", "flax")
 TOL = 1e-5
-
-
-def assert_same_tensors(a, b):
-    assert a.head == b.head and a.config == b.config
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name in a.tensors:
-        x, y = a.array(name), b.array(name)
-        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
 
 
 def h5_layout(path) -> dict:

@@ -6,20 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import HEADS, golden, max_abs, run_cli, spec
+from helpers import HEADS, assert_same_tensors, golden, max_abs, run_cli, spec
 
 from electra_bridge.converters import VerificationError, convert, hf_pytorch, read, safetensors_io
 from electra_bridge.converters.rules import bind
 from electra_bridge.runtimes import CheckpointRunner
 from electra_bridge.schemas import FormatError, SchemaError
-
-
-def assert_same_tensors(a, b):
-    assert a.head == b.head and a.config == b.config
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name in a.tensors:
-        x, y = a.array(name), b.array(name)
-        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
 
 
 @pytest.mark.parametrize("head", HEADS)
