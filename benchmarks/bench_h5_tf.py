@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from common import convert_vs_transformers, median_seconds
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MB = 1024 * 1024
 SIZES = {"small": dict(hidden_size=256, embedding_size=128, intermediate_size=1024, num_attention_heads=4),
          "base": dict(hidden_size=768, embedding_size=768, intermediate_size=3072, num_attention_heads=12)}
 
@@ -60,36 +58,6 @@ model.save_pretrained(out)
 """
 
 
-def measure(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` as one child: wall time and that child's own peak RSS (wait4 rusage)."""
-    with open(log, "wb") as sink:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read_text(errors='replace')[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
-
-
-def convert_bench(src: Path, runs: Path) -> None:
-    cli = str(BIN / "electra-bridge")
-    contestants = {
-        "ours": [cli, "convert", str(src), str(runs / "ours"), "--to", "safetensors", "--quiet"],
-        "transformers": [sys.executable, "-c", TRANSFORMERS_PATH, str(src), str(runs / "transformers")],
-    }
-    results = {name: measure(cmd, runs / f"{name}.log") for name, cmd in contestants.items()}
-    ours, theirs = results["ours"], results["transformers"]
-    check = subprocess.run([cli, "verify", str(runs / "ours"), str(runs / "transformers")], capture_output=True)
-    print(f"\n1. h5 -> safetensors ({(src / 'tf_model.h5').stat().st_size / MB:.0f} MB tf_model.h5)")
-    print(f"{'contestant':<14} {'wall s':>8} {'peak RSS MB':>12}")
-    for name, r in results.items():
-        print(f"{name:<14} {r['wall_s']:8.1f} {r['peak_rss_mb']:12.0f}")
-    print(f"speed: transformers / ours (verified) = {theirs['wall_s'] / ours['wall_s']:.2f}x; "
-          f"peak RSS ours / transformers = {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x; "
-          f"outputs {'EQUAL' if check.returncode == 0 else 'NOT EQUAL'}")
-
-
 def forward_bench(src: Path, batch: int, seq: int, runs: int) -> None:
     import numpy as np
     import tensorflow as tf
@@ -105,17 +73,9 @@ def forward_bench(src: Path, batch: int, seq: int, runs: int) -> None:
     theirs = tf.function(lambda x: model(x, training=False).logits)
     tf_inputs = {k: tf.constant(v) for k, v in inputs.items()}
 
-    def timed(fn) -> float:
-        fn()  # warm-up: trace and first allocation
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
 
-    t_ours = timed(lambda: ours.run("pretraining", inputs))
-    t_theirs = timed(lambda: theirs(tf_inputs).numpy())
+    t_ours = median_seconds(lambda: ours.run("pretraining", inputs), runs)
+    t_theirs = median_seconds(lambda: theirs(tf_inputs).numpy(), runs)
     diff = float(np.max(np.abs(ours.run("pretraining", inputs).outputs["logits"] - theirs(tf_inputs).numpy())))
     print(f"\n2. forward pass, batch {batch} x seq {seq}, median of {runs}")
     print(f"ours (TF runtime, tf.function; returns all hidden states too): {t_ours * 1e3:8.1f} ms")
@@ -142,7 +102,7 @@ def main() -> None:
     runs = out / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    convert_bench(src, runs)
+    convert_vs_transformers(src, "tf_model.h5", TRANSFORMERS_PATH, runs)
     forward_bench(src, args.batch, args.seq, args.runs)
 
 

@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import measure
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "tf1-base"
 CKPT = OUT / "checkpoint-dir"
@@ -93,20 +95,6 @@ def ensure_checkpoint(fresh: bool) -> Path:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
     return CKPT
-
-
-def measure(cmd: list[str], log: Path, env: dict) -> dict:
-    """Run ``cmd`` as one child; its wall time and its own peak RSS (wait4 rusage of that child)."""
-    with open(log, "wb") as sink:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps exactly this child and returns its own rusage
-        wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{log.read_text(errors='replace')[-4000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
 
 
 def warm(folder: Path) -> None:

@@ -1,0 +1,61 @@
+"""What the benchmark scripts share: timing a child process, timing a call, an h5/msgpack-style
+"convert to safetensors vs transformers' route" comparison. Run the scripts as
+``python benchmarks/bench_*.py`` (this folder is then on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+MB = 1024 * 1024
+
+
+def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+    """Run ``cmd`` as one child: its wall time and its own peak RSS (wait4 rusage of exactly that child)."""
+    with open(log, "wb") as sink:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{log.read_text(errors='replace')[-4000:]}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+
+
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of ``runs`` calls after one warm-up call (tracing, compilation, first allocation)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def convert_vs_transformers(src: Path, weights: str, transformers_script: str, runs: Path) -> None:
+    """``electra-bridge convert SRC --to safetensors`` (verified) vs ``transformers_script SRC OUT``,
+    each in a fresh child; prints wall time, peak RSS, their ratios and whether the outputs are EQUAL."""
+    cli = str(BIN / "electra-bridge")
+    contestants = {
+        "ours": [cli, "convert", str(src), str(runs / "ours"), "--to", "safetensors", "--quiet"],
+        "transformers": [sys.executable, "-c", transformers_script, str(src), str(runs / "transformers")],
+    }
+    results = {name: measure(cmd, runs / f"{name}.log") for name, cmd in contestants.items()}
+    ours, theirs = results["ours"], results["transformers"]
+    check = subprocess.run([cli, "verify", str(runs / "ours"), str(runs / "transformers")], capture_output=True)
+    print(f"\n1. {weights} -> safetensors ({(src / weights).stat().st_size / MB:.0f} MB)")
+    print(f"{'contestant':<14} {'wall s':>8} {'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"{name:<14} {r['wall_s']:8.1f} {r['peak_rss_mb']:12.0f}")
+    print(f"speed: transformers / ours (verified) = {theirs['wall_s'] / ours['wall_s']:.2f}x; "
+          f"peak RSS ours / transformers = {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x; "
+          f"outputs {'EQUAL' if check.returncode == 0 else 'NOT EQUAL'}")
