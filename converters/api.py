@@ -22,6 +22,7 @@ import numpy as np
 
 from electra_bridge.runtimes import CheckpointRunner, Report, Runner, compare
 from electra_bridge.runtimes import inputs as user_inputs
+from electra_bridge.runtimes.verify import REPORT_FORMATS
 from electra_bridge.runtimes import text as text_inputs
 from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
@@ -182,7 +183,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         raise SchemaError("give at most one of text, inputs and batch_for")
     if text_pair is not None and text is None:
         raise SchemaError("--text-pair needs --text")
-    if report is not None and Path(report).suffix.lower() not in (".json", ".md", ".markdown"):
+    if report is not None and Path(report).suffix.lower() not in REPORT_FORMATS:
         raise SchemaError(f"report {report}: use a .json or .md file name")
     if plot is not None:   # fail before the long work, not after it
         from electra_bridge.runtimes.plot import require_matplotlib
