@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from electra_bridge.runtimes import CheckpointRunner, Report, Runner, compare
-from electra_bridge.runtimes import inputs as user_inputs
 from electra_bridge.runtimes.verify import REPORT_FORMATS
-from electra_bridge.runtimes import text as text_inputs
 from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
-from . import FORMATS, assets, format_module, progress, tokenizer_assets
+from . import inputs as user_inputs
+from . import text as text_inputs
+from . import tokenizer_assets
+from .engine import assets, pipeline, progress
+from .engine.format import ArtifactFormat, CheckpointFormat
+from .formats import FORMATS, all_formats, get_format
 
 log = logging.getLogger("electra_bridge")
 
@@ -44,28 +47,27 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists() and not Path(f"{path}.index").exists():
         raise FormatError(f"{path} does not exist")
-    for name in FORMATS:
-        if format_module(name).detect(path):
-            return name
+    for fmt in all_formats():
+        if fmt.detect(path):
+            return fmt.name
     raise FormatError(f"{path}: no known ELECTRA format found (known: {', '.join(FORMATS)})")
 
 
 def read(path: str | Path, fmt: str | None = None, *, head: str | None = None, **options) -> Checkpoint:
     """Read any checkpoint format into a canonical Checkpoint (options: e.g. net, config)."""
-    fmt = fmt or detect_format(path)
-    module = format_module(fmt)
-    if module.KIND != "checkpoint":
-        raise FormatError(f"{path} is a {fmt} artifact: it can be run and verified, not read back as a checkpoint")
-    return module.read(Path(path), head=head, **{k: v for k, v in options.items() if v is not None})
+    spec = get_format(fmt or detect_format(path))
+    if not isinstance(spec, CheckpointFormat):
+        raise FormatError(f"{path} is a {spec.name} artifact: it can be run and verified, not read back as a checkpoint")
+    return pipeline.read(spec, Path(path), head=head, **options)
 
 
 def open_runner(path: str | Path, fmt: str | None = None, *, runtime: str = "numpy", head: str | None = None,
                 **options) -> Runner:
     """Something that runs ``path``: a checkpoint through ``runtime``, an artifact through its own runner."""
     fmt = fmt or detect_format(path)
-    module = format_module(fmt)
-    if module.KIND == "artifact":
-        return module.open_runner(Path(path))
+    spec = get_format(fmt)
+    if isinstance(spec, ArtifactFormat):
+        return spec.open_runner(Path(path))
     return CheckpointRunner(read(path, fmt, head=head, **options), runtime, name=str(path))
 
 
@@ -83,14 +85,15 @@ def write(ckpt: Checkpoint, out: str | Path, to: str, *, force: bool = False, **
 
 
 def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check, options: Mapping) -> Path:
-    module = format_module(to)
-    if not hasattr(module, "write"):
-        raise BridgeError(f"{to} is read-only")
+    spec = get_format(to)
     if out.exists() and not force:
         raise BridgeError(f"{out} already exists; pass --force to replace it")
     tmp = _staging_dir(out)
     try:
-        module.write(ckpt, tmp, **{k: v for k, v in options.items() if v is not None})
+        if isinstance(spec, CheckpointFormat):
+            pipeline.write(spec, ckpt, tmp, **options)
+        else:
+            pipeline.export(spec, ckpt, tmp, **options)
         _complete_assets(ckpt, tmp)
         if check is not None:
             check(tmp)
@@ -110,7 +113,7 @@ def _complete_assets(ckpt: Checkpoint, folder: Path) -> None:
     if not folder.is_dir():
         return
     files = tokenizer_assets.complete(ckpt.assets, ckpt.config)
-    assets.write(folder, {name: data for name, data in files.items() if not (folder / name).exists()})
+    assets.write_assets(folder, {name: data for name, data in files.items() if not (folder / name).exists()})
 
 
 @dataclass
@@ -186,7 +189,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     if report is not None and Path(report).suffix.lower() not in REPORT_FORMATS:
         raise SchemaError(f"report {report}: use a .json or .md file name")
     if plot is not None:   # fail before the long work, not after it
-        from electra_bridge.runtimes.plot import require_matplotlib
+        from .plot import require_matplotlib
         if Path(plot).suffix.lower() != ".png":
             raise SchemaError(f"plot {plot}: the plot is a PNG; name it *.png")
         require_matplotlib()
@@ -217,7 +220,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     if report is not None:
         result.write(report)
     if plot is not None:
-        from electra_bridge.runtimes.plot import plot_drift
+        from .plot import plot_drift
         plot_drift(result, plot)
     return result
 
@@ -227,8 +230,7 @@ def _declared(path, options: Mapping | None) -> dict:
     if not options:
         return {}
     fmt = detect_format(path)
-    module = format_module(fmt)
-    declared = {o.dest for o in getattr(module, "OPTIONS", ()) if o.stage == "read"}
+    declared = {o.dest for o in get_format(fmt).options if o.stage == "read"}
     return {"fmt": fmt, **{k: v for k, v in options.items() if k in declared and v is not None}}
 
 
@@ -236,8 +238,7 @@ def _text_assets(runners, paths) -> dict[str, bytes]:
     """The tokenizer files of A (else B): a checkpoint's own assets, else the files beside an artifact."""
     found = []
     for runner, path in zip(runners, paths):
-        ckpt = getattr(runner, "ckpt", None)
-        files = dict(ckpt.assets) if ckpt is not None else assets.collect(Path(path) if Path(path).is_dir()
+        files = dict(runner.ckpt.assets) if isinstance(runner, CheckpointRunner) else assets.collect(Path(path) if Path(path).is_dir()
                                                                          else Path(path).parent)
         if "vocab.txt" in files or "tokenizer.json" in files:
             found.append((path, files))
@@ -263,9 +264,9 @@ def _track(runner, bar):
 def inspect(path: str | Path, fmt: str | None = None) -> dict:
     """Format, config, head, tensors (name, shape, dtype) and parameter count of ``path``."""
     fmt = fmt or detect_format(path)
-    module = format_module(fmt)
-    if module.KIND == "artifact":
-        return {"format": fmt, "path": str(path), **module.inspect(Path(path))}
+    spec = get_format(fmt)
+    if isinstance(spec, ArtifactFormat):
+        return {"format": fmt, "path": str(path), **spec.inspect(Path(path))}
     ckpt = read(path, fmt)
     return {
         "format": fmt,

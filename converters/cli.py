@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from electra_bridge.runtimes import RUNTIMES, TOLERANCES
 from electra_bridge.schemas import HEADS, BridgeError
 
-from . import FORMATS, api, format_module, progress
-from .options import Option
+from . import api
+from .engine import progress
+from .engine.options import Option
+from .formats import FORMATS, all_formats
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
 
@@ -42,8 +44,8 @@ localisation: when both sides expose hidden states the report adds per-layer dri
 
 def _format_options() -> list[Option]:
     seen: dict[str, Option] = {}
-    for name in FORMATS:
-        for opt in getattr(format_module(name), "OPTIONS", ()):
+    for fmt in all_formats():
+        for opt in fmt.options:
             seen.setdefault(opt.dest, opt)
     return list(seen.values())
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("src", help="source checkpoint (folder or file)")
     c.add_argument("out", help="output folder (must not exist unless --force)")
-    c.add_argument("--to", required=True, choices=[n for n in FORMATS if hasattr(format_module(n), "write")],
+    c.add_argument("--to", required=True, choices=list(FORMATS),
                    help="output format")
     c.add_argument("--from", dest="fmt", choices=list(FORMATS), help="source format (default: detected)")
     c.add_argument("--head", choices=heads, help="head to convert (default: the source's own; 'base' drops the head)")

@@ -36,7 +36,8 @@ from electra_bridge.schemas import (
     BridgeError, Checkpoint, ElectraConfig, MissingDependencyError, SchemaError, get_head, head_shapes,
 )
 
-from . import FORMATS, api, format_module
+from . import api
+from .formats import FORMATS, get_format
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,9 @@ def _source(out: Path, head: str) -> tuple[Path, str]:
 def _unavailable(fmt: str, kind: str) -> str | None:
     if fmt not in FORMATS:
         return f"{fmt} is not registered in this installation"
-    module = format_module(fmt)
-    if module.KIND != kind:
-        return f"{fmt} is a {module.KIND} format here"
-    if not hasattr(module, "write"):
-        return f"{fmt} is read-only"
+    spec = get_format(fmt)
+    if spec.kind != kind:
+        return f"{fmt} is a {spec.kind} format here"
     return None
 
 
@@ -285,7 +284,7 @@ def _write_outputs(result: DemoResult, out: Path) -> list[Path]:
     files[0].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     files[1].write_text(result.to_markdown(), encoding="utf-8")
     try:
-        from electra_bridge.runtimes.plot import plot_series
+        from .plot import plot_series
         stages = {f"{h.name} {h.fmt}": next((x.stages for x in h.report.heads if x.head == h.head), [])
                   for h in result.hops if h.report is not None}
         # bit-exact hops all sit on the floor: one line for them keeps the others readable

@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Mapping
 
-from electra_bridge.runtimes import text
+from . import text
 from electra_bridge.schemas import BridgeError, ElectraConfig, MissingDependencyError
 
 log = logging.getLogger(__name__)

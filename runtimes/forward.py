@@ -41,6 +41,22 @@ class Ops(Protocol):
     def arange(self, n: Any) -> Any: ...                    # int64 0..n-1
     def less_equal(self, a: Any, b: Any) -> Any: ...        # elementwise a <= b, as float
     def float_min(self) -> float: ...                       # finfo(float dtype).min
+    def linear(self, x: Any, weight: Any, bias: Any) -> Any: ...  # x @ weight.T + bias, weight [out, in]
+    def compile(self, fn: Any) -> Any: ...                  # fn(params, batch) -> a faster equivalent
+
+
+class BaseOps:
+    """The two ``Ops`` members with a framework-neutral default; every ops class derives from it.
+
+    ``linear`` is the two-op form (a framework with a fused kernel, torch's F.linear,
+    overrides it); ``compile`` is the identity (tf.function / jax.jit override it).
+    """
+
+    def linear(self, x, weight, bias):
+        return self.matmul(x, self.transpose(weight, (1, 0))) + bias
+
+    def compile(self, fn):
+        return fn
 
 
 @dataclass(frozen=True)
@@ -54,14 +70,8 @@ class Result:
 # ---- building blocks -------------------------------------------------------------------------
 
 def linear(x, p, name, ops):
-    """x @ W.T + b with W [out, in] (the canonical layout).
-
-    An ops namespace may offer ``linear(x, W, b)`` computing exactly this in one fused
-    kernel (torch: F.linear); ops without it get the two-op form below.
-    """
-    if hasattr(ops, "linear"):
-        return ops.linear(x, p[f"{name}.weight"], p[f"{name}.bias"])
-    return ops.matmul(x, ops.transpose(p[f"{name}.weight"], (1, 0))) + p[f"{name}.bias"]
+    """x @ W.T + b with W [out, in] (the canonical layout), through ``ops.linear``."""
+    return ops.linear(x, p[f"{name}.weight"], p[f"{name}.bias"])
 
 
 def layer_norm(x, p, name, eps, ops):
@@ -183,32 +193,47 @@ def _summary(h, cfg, ops):
     return ops.reshape(ops.mean(ops.transpose(h, (0, 2, 1)), -1), (ops.shape(h)[0], ops.shape(h)[2]))  # "mean"
 
 
-def _head_outputs(head: str, h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
-    if head == "base":
-        return {"last_hidden_state": h}
-    if head == "pretraining":
-        x = activation(cfg.hidden_act, linear(h, p, "discriminator_predictions.dense", ops), ops)
-        logits = linear(x, p, "discriminator_predictions.dense_prediction", ops)  # [B, S, 1]
-        return {"logits": ops.reshape(logits, (ops.shape(h)[0], ops.shape(h)[1]))}
-    if head in ("masked-lm", "causal-lm"):
-        return {"logits": _lm_logits(h, p, cfg, ops)}
-    if head == "sequence-classification":
-        x = activation("gelu", linear(_first_token(h, ops), p, "classifier.dense", ops), ops)
-        return {"logits": linear(x, p, "classifier.out_proj", ops)}        # [B, C]
-    if head == "multiple-choice":
-        pooled = _summary(h, cfg, ops)
-        if cfg.summary_use_proj:
-            pooled = linear(pooled, p, "sequence_summary.summary", ops)
-        pooled = activation(cfg.summary_activation, pooled, ops)
-        return {"logits": linear(pooled, p, "classifier", ops)}           # [B*K, 1], reshaped by forward
-    if head == "token-classification":
-        return {"logits": linear(h, p, "classifier", ops)}                # [B, S, C]
-    if head == "question-answering":
-        logits = linear(h, p, "qa_outputs", ops)                           # [B, S, 2]
-        batch, seq = ops.shape(h)[0], ops.shape(h)[1]
-        return {"start_logits": ops.reshape(logits[:, :, 0:1], (batch, seq)),
-                "end_logits": ops.reshape(logits[:, :, 1:2], (batch, seq))}
-    raise KeyError(head)
+def last_hidden_state(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    return {"last_hidden_state": h}
+
+
+def discriminator_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    x = activation(cfg.hidden_act, linear(h, p, "discriminator_predictions.dense", ops), ops)
+    logits = linear(x, p, "discriminator_predictions.dense_prediction", ops)  # [B, S, 1]
+    return {"logits": ops.reshape(logits, (ops.shape(h)[0], ops.shape(h)[1]))}
+
+
+def generator_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    return {"logits": _lm_logits(h, p, cfg, ops)}                            # [B, S, V]
+
+
+def classification_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    x = activation("gelu", linear(_first_token(h, ops), p, "classifier.dense", ops), ops)
+    return {"logits": linear(x, p, "classifier.out_proj", ops)}            # [B, C]
+
+
+def choice_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    pooled = _summary(h, cfg, ops)
+    if cfg.summary_use_proj:
+        pooled = linear(pooled, p, "sequence_summary.summary", ops)
+    pooled = activation(cfg.summary_activation, pooled, ops)
+    return {"logits": linear(pooled, p, "classifier", ops)}               # [B*K, 1], reshaped by forward
+
+
+def token_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    return {"logits": linear(h, p, "classifier", ops)}                    # [B, S, C]
+
+
+def span_logits(h, p, cfg: ElectraConfig, ops) -> dict[str, Any]:
+    logits = linear(h, p, "qa_outputs", ops)                               # [B, S, 2]
+    batch, seq = ops.shape(h)[0], ops.shape(h)[1]
+    return {"start_logits": ops.reshape(logits[:, :, 0:1], (batch, seq)),
+            "end_logits": ops.reshape(logits[:, :, 1:2], (batch, seq))}
+
+
+#: Head.output_fn -> the function computing that head's outputs from the last hidden state
+HEAD_FUNCTIONS = {fn.__name__: fn for fn in (last_hidden_state, discriminator_logits, generator_logits,
+                                              classification_logits, choice_logits, token_logits, span_logits)}
 
 
 def forward(params, cfg: ElectraConfig, head: str, batch, ops) -> Result:
@@ -218,8 +243,8 @@ def forward(params, cfg: ElectraConfig, head: str, batch, ops) -> Result:
     if spec.choices:                                                         # [B, K, S] -> [B*K, S]
         n_batch, n_choices = ops.shape(ids)[0], ops.shape(ids)[1]
         ids, mask, types = (ops.reshape(t, (-1, ops.shape(t)[2])) for t in (ids, mask, types))
-    states = encode(params, cfg, ids, mask, types, ops, causal=(head == "causal-lm"))
-    outputs = _head_outputs(head, states[-1], params, cfg, ops)
+    states = encode(params, cfg, ids, mask, types, ops, causal=spec.causal)
+    outputs = HEAD_FUNCTIONS[spec.output_fn](states[-1], params, cfg, ops)
     if spec.choices:
         outputs = {"logits": ops.reshape(outputs["logits"], (n_batch, n_choices))}
     return Result(outputs, states)

@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf as _erf
 
+from .forward import BaseOps
+
 NAME = "jax"
 
 
-class JaxOps:
+class JaxOps(BaseOps):
     """float32 jax.numpy ops; everything forward.py calls, one line each."""
 
     def __init__(self, dtype=jnp.float32):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf as _erf
 
+from .forward import BaseOps
+
 NAME = "numpy"
 
 
-class NumpyOps:
+class NumpyOps(BaseOps):
     """float32 throughout; erf is scipy's exact erf (never a tanh approximation)."""
 
     def __init__(self, dtype=np.float32):

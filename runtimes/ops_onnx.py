@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .forward import BaseOps
+
 INT64_MAX = np.iinfo(np.int64).max
 #: IR version written: ONNX Runtime >= 1.18 loads it (the onnx package's newest IR may be too new)
 IR_VERSION = 10
@@ -182,7 +184,7 @@ class _ShapeOf:
         return Sym(self.x.g, self.x.g.node("Shape", [self.x.name], start=i, **end))
 
 
-class OnnxOps:
+class OnnxOps(BaseOps):
     """The ``runtimes.forward.Ops`` protocol over ``Sym`` values (see the module docstring)."""
 
     def __init__(self, builder: GraphBuilder):

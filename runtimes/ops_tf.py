@@ -20,10 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from .forward import BaseOps
+
 NAME = "tf"
 
 
-class TFOps:
+class TFOps(BaseOps):
     """float32 throughout; dims unknown at trace time come from tf.shape (dynamic)."""
 
     def __init__(self, dtype=tf.float32):

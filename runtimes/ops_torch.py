@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .forward import BaseOps
+
 NAME = "torch"
 
 
-class TorchOps:
+class TorchOps(BaseOps):
     """float32 throughout; erf is torch.erf (exact, never a tanh approximation)."""
 
     def __init__(self, dtype: torch.dtype = torch.float32):

@@ -38,7 +38,8 @@ class Runner(Protocol):
 
     def run(self, head: str, batch: dict[str, np.ndarray]) -> Result: ...
 
-    # optional: ``release()`` frees the runner's weights; verify calls it once a side is done
+    def release(self) -> None:
+        """Free the runner's weights; verify calls it once a side is done (a later run reloads)."""
 
 
 def load_ops(runtime: str):
@@ -90,7 +91,7 @@ class CheckpointRunner:
                 result = forward(params, cfg, head, batch, ops)
                 return result.outputs, result.hidden_states
 
-            self._compiled[head] = ops.compile(run) if hasattr(ops, "compile") else run
+            self._compiled[head] = ops.compile(run)
         return self._compiled[head]
 
     def run(self, head: str, batch: dict[str, np.ndarray]) -> Result:

@@ -258,7 +258,7 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
     results = []
     for runner in (a, b):
         results.append({head: runner.run(head, batches[head]) for head in chosen})
-        getattr(runner, "release", lambda: None)()
+        runner.release()
     reports = []
     for head in chosen:
         ra, rb = results[0][head], results[1][head]

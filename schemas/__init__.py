@@ -1,14 +1,20 @@
-"""The canonical ELECTRA schema: config, tensor table, heads, ties and the Checkpoint value."""
+"""The canonical ELECTRA schema: config, tensor table, heads, ties and the Checkpoint value.
+
+This package imports nothing else of electra-bridge (an import-linter contract checks it).
+"""
 
 from .checkpoint import Checkpoint, LazyTensor, TensorLike, materialize
-from .config import ARCHITECTURE_TO_HEAD, ElectraConfig, google_config, google_num_heads
+from .config import ElectraConfig, google_config, google_num_heads
 from .errors import BridgeError, FormatError, MissingDependencyError, SchemaError
-from .heads import HEAD_BY_CLASS, HEADS, Head, detect_head, get_head, head_shapes, output_shape, runnable_heads
+from .heads import (
+    HEADS, Head, config_for_head, detect_head, get_head, head_for_architecture, head_shapes, output_shape,
+    runnable_heads,
+)
 from .tensors import ROWS, TIES, Row, check_tensors, expected_shapes
 
 __all__ = [
-    "ARCHITECTURE_TO_HEAD", "BridgeError", "Checkpoint", "ElectraConfig", "FormatError", "HEADS", "HEAD_BY_CLASS",
-    "Head", "LazyTensor", "MissingDependencyError", "ROWS", "Row", "SchemaError", "TIES", "TensorLike",
-    "check_tensors", "detect_head", "expected_shapes", "get_head", "google_config", "google_num_heads",
-    "head_shapes", "materialize", "output_shape", "runnable_heads",
+    "BridgeError", "Checkpoint", "ElectraConfig", "FormatError", "HEADS", "Head", "LazyTensor",
+    "MissingDependencyError", "ROWS", "Row", "SchemaError", "TIES", "TensorLike", "check_tensors",
+    "config_for_head", "detect_head", "expected_shapes", "get_head", "google_config", "google_num_heads",
+    "head_for_architecture", "head_shapes", "materialize", "output_shape", "runnable_heads",
 ]

@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 
 from .config import ElectraConfig
-from .heads import get_head, head_shapes
+from .heads import config_for_head, get_head, head_shapes
 from .tensors import check_tensors
 
 
@@ -83,6 +83,11 @@ class Checkpoint:
     def with_(self, **changes) -> "Checkpoint":
         return replace(self, **changes)
 
+    @property
+    def hf_config(self) -> ElectraConfig:
+        """The config.json a transformers class for this head expects."""
+        return config_for_head(self.config, self.head)
+
     def validate(self, source: str = "checkpoint") -> "Checkpoint":
         """Check config validity and that tensors are exactly what ``head`` needs."""
         self.config.validate(self.head)
@@ -93,7 +98,7 @@ class Checkpoint:
         """The same weights seen as another head whose tensors are a subset (e.g. any -> base,
         masked-lm <-> causal-lm). Raises if the tensors do not fit."""
         needed = head_shapes(self.config, head)
-        cfg = self.config.for_head(head)
+        cfg = config_for_head(self.config, head)
         sub = {n: t for n, t in self.tensors.items() if n in needed}
         return Checkpoint(cfg, head, sub, self.assets, {**self.provenance, "viewed_as": head}).validate(
             f"{self.provenance.get('path', 'checkpoint')} as {head}")

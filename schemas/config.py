@@ -20,19 +20,6 @@ from .errors import SchemaError
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh", "linear")
 SUPPORTED_SUMMARY_TYPES = ("first", "last", "mean")
 
-# HF architectures name -> our head name (one table, read by config and converters).
-ARCHITECTURE_TO_HEAD = {
-    "ElectraModel": "base",
-    "ElectraForPreTraining": "pretraining",
-    "ElectraForMaskedLM": "masked-lm",
-    "ElectraForCausalLM": "causal-lm",
-    "ElectraForSequenceClassification": "sequence-classification",
-    "ElectraForMultipleChoice": "multiple-choice",
-    "ElectraForTokenClassification": "token-classification",
-    "ElectraForQuestionAnswering": "question-answering",
-}
-
-
 @dataclass(frozen=True)
 class ElectraConfig:
     """Hyper-parameters of one ELECTRA network (defaults are transformers' ElectraConfig)."""
@@ -167,13 +154,6 @@ class ElectraConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def for_head(self, head: str) -> "ElectraConfig":
-        """The config a transformers class for ``head`` expects (architectures, is_decoder)."""
-        from .heads import HEADS
-
-        spec = HEADS[head]
-        return self.replace(architectures=(spec.hf_class,), is_decoder=(head == "causal-lm"))
 
 
 # Google Research sizes [google-research/electra util/training_utils.py]: heads = max(1, H // 64), I = 4H.

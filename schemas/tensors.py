@@ -29,26 +29,36 @@ class Row:
     template: str
     shape: tuple[str, ...]
     group: str
+    #: what the tensor is to its module, which is how formats name and lay it out:
+    #: "kernel" / "bias" of a dense layer, "scale" / "shift" of a LayerNorm, "embedding"
+    #: table, "decoder" (the untied MLM output matrix [V, E], stored like a kernel)
+    role: str
     #: "project": present only when embedding_size != hidden_size;
     #: "untied": present only when tie_word_embeddings is False.
     when: str | None = None
 
+    @property
+    def module(self) -> str:
+        """The module path: the template without its last component (``.weight`` / ``.bias``)."""
+        return self.template.rsplit(".", 1)[0]
+
 
 def _dense(prefix: str, out_dim: str, in_dim: str, group: str, when: str | None = None) -> tuple[Row, Row]:
-    return (Row(f"{prefix}.weight", (out_dim, in_dim), group, when), Row(f"{prefix}.bias", (out_dim,), group, when))
+    return (Row(f"{prefix}.weight", (out_dim, in_dim), group, "kernel", when),
+            Row(f"{prefix}.bias", (out_dim,), group, "bias", when))
 
 
 def _layer_norm(prefix: str, dim: str, group: str) -> tuple[Row, Row]:
-    return (Row(f"{prefix}.weight", (dim,), group), Row(f"{prefix}.bias", (dim,), group))
+    return (Row(f"{prefix}.weight", (dim,), group, "scale"), Row(f"{prefix}.bias", (dim,), group, "shift"))
 
 
 _L = "encoder.layer.{layer}"
 
 ROWS: tuple[Row, ...] = (
     # -- embeddings (group "embeddings") -------------------------------------------
-    Row("embeddings.word_embeddings.weight", ("V", "E"), "embeddings"),
-    Row("embeddings.position_embeddings.weight", ("P", "E"), "embeddings"),
-    Row("embeddings.token_type_embeddings.weight", ("T", "E"), "embeddings"),
+    Row("embeddings.word_embeddings.weight", ("V", "E"), "embeddings", "embedding"),
+    Row("embeddings.position_embeddings.weight", ("P", "E"), "embeddings", "embedding"),
+    Row("embeddings.token_type_embeddings.weight", ("T", "E"), "embeddings", "embedding"),
     *_layer_norm("embeddings.LayerNorm", "E", "embeddings"),
     *_dense("embeddings_project", "H", "E", "embeddings", when="project"),
     # -- one encoder layer (group "layer"), repeated num_hidden_layers times ------
@@ -65,8 +75,8 @@ ROWS: tuple[Row, ...] = (
     *_dense("discriminator_predictions.dense_prediction", "1", "H", "discriminator"),
     *_dense("generator_predictions.dense", "E", "H", "generator"),
     *_layer_norm("generator_predictions.LayerNorm", "E", "generator"),
-    Row("generator_lm_head.weight", ("V", "E"), "generator", when="untied"),
-    Row("generator_lm_head.bias", ("V",), "generator"),
+    Row("generator_lm_head.weight", ("V", "E"), "generator", "decoder", when="untied"),
+    Row("generator_lm_head.bias", ("V",), "generator", "bias"),
     *_dense("classifier.dense", "H", "H", "classification_head"),
     *_dense("classifier.out_proj", "C", "H", "classification_head"),
     *_dense("sequence_summary.summary", "H", "H", "sequence_summary"),

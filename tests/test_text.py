@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, run_cli
 
-from electra_bridge.runtimes import text
+from electra_bridge.converters import text
 from electra_bridge.schemas import SchemaError
 
 SRC = FIXTURES / "hf" / "pretraining"

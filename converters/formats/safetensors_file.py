@@ -4,11 +4,11 @@ File layout (safetensors spec): u64 little-endian header length N, N bytes of JS
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
 then the raw little-endian data; offsets are relative to the end of the header.
 
-Reading hands out ``LazyTensor``s; each load reads that tensor's byte range straight into
+Reading hands out ``NativeTensor``s; each load reads that tensor's byte range straight into
 a fresh array (one copy, no mmap: mapped pages stay in the process's RSS as long as the
-map lives, which doubled verify's peak memory). BF16 is widened to float32 (numpy has no
-bfloat16). Writing streams one tensor at a time, so peak memory is one tensor,
-not the model.
+map lives, which doubled verify's peak memory). BF16 comes back as ``ml_dtypes.bfloat16``
+(a view of the stored bits). Writing streams one tensor at a time, so peak memory is one
+tensor, not the model.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from electra_bridge.schemas import FormatError, LazyTensor
+import ml_dtypes
+
+from electra_bridge.schemas import FormatError
+
+from ..engine.format import NativeTensor
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "BF16": ml_dtypes.bfloat16,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
@@ -50,7 +54,7 @@ def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
 
 
 class SafetensorsFile:
-    """Lazy view of one .safetensors file: ``tensors()`` gives name -> LazyTensor."""
+    """Lazy view of one .safetensors file: ``tensors()`` gives name -> NativeTensor."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -58,9 +62,9 @@ class SafetensorsFile:
         size = self.path.stat().st_size
         for name, e in self.entries.items():
             begin, end = e.get("data_offsets", (0, -1))
-            if e.get("dtype") not in (*_DTYPES, "BF16"):
+            if e.get("dtype") not in _DTYPES:
                 raise FormatError(f"{self.path}: tensor {name} has unsupported dtype {e.get('dtype')}")
-            itemsize = 2 if e["dtype"] == "BF16" else np.dtype(_DTYPES[e["dtype"]]).itemsize
+            itemsize = np.dtype(_DTYPES[e["dtype"]]).itemsize
             if end - begin != int(np.prod(e["shape"], dtype=np.int64)) * itemsize or self._start + end > size:
                 raise FormatError(f"{self.path}: tensor {name} has data_offsets that do not fit its shape or the file")
 
@@ -72,27 +76,21 @@ class SafetensorsFile:
             fh.seek(self._start + begin)
             if (fh.readinto(memoryview(raw)) if raw.size else 0) != raw.size:
                 raise FormatError(f"{self.path} is truncated: tensor {name} runs past its end")
-        if e["dtype"] == "BF16":  # widen: bf16 is the top half of a float32
-            return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(e["shape"])
         arr = raw.view(np.dtype(_DTYPES[e["dtype"]]).newbyteorder("<")).reshape(e["shape"])
         return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
-    def tensors(self) -> dict[str, LazyTensor]:
-        out = {}
-        for name, e in self.entries.items():
-            dtype = np.float32 if e["dtype"] == "BF16" else _DTYPES[e["dtype"]]
-            out[name] = LazyTensor(tuple(e["shape"]), np.dtype(dtype), lambda n=name: self.load(n))
-        return out
+    def tensors(self) -> dict[str, NativeTensor]:
+        return {name: NativeTensor(name, tuple(e["shape"]), np.dtype(_DTYPES[e["dtype"]]), lambda n=name: self.load(n))
+                for name, e in self.entries.items()}
 
 
-def write(path: str | Path, tensors: Mapping[str, object] | Iterable[tuple[str, object]],
-          metadata: Mapping[str, str] | None = None) -> None:
-    """Stream tensors (arrays or LazyTensors) into ``path``, in name order.
+def write(path: str | Path, tensors: Iterable[NativeTensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Stream ``tensors`` into ``path``, in name order.
 
     The header needs every shape and dtype up front; the data is then written one
-    tensor at a time, each materialized only while it is being written.
+    tensor at a time, each loaded only while it is being written.
     """
-    items = sorted(dict(tensors).items())
+    items = [(t.name, t) for t in sorted(tensors, key=lambda t: t.name)]
     header: dict[str, object] = {}
     offset = 0
     for name, t in items:
@@ -110,5 +108,5 @@ def write(path: str | Path, tensors: Mapping[str, object] | Iterable[tuple[str, 
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
         for name, t in items:
-            arr = np.asarray(t)
+            arr = t.load()
             fh.write(memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B"))

@@ -2,7 +2,10 @@
 
 A format declares ``RULES``: (canonical template, native template, layout) rows with
 ``{layer}`` the only placeholder, and ``IGNORED``: native-name globs dropped on purpose,
-each with its reason. ``bind`` expands the rules for one config and head into exact
+each with its reason. Most formats write their RULES as a module table -- canonical module
+path -> native module path -- plus ``Leaves``, how the format names and lays out each
+parameter role (kernel, bias, LayerNorm scale and shift, embedding table); ``module_rules``
+expands that against the canonical tensor table (schemas/tensors.py ROWS). ``bind`` expands the rules for one config and head into exact
 names; ``account`` is the strict check after reading (every native tensor mapped or
 ignored, every needed tensor present, every shape right); ``write`` derives the native
 side from the same table through each layout's inverse.
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from electra_bridge.schemas import ElectraConfig, SchemaError, check_tensors, head_shapes
+from electra_bridge.schemas import ROWS, ElectraConfig, SchemaError, check_tensors, head_shapes
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,39 @@ class Rule:
     canonical: str
     native: str
     layout: Layout = IDENTITY
+
+
+@dataclass(frozen=True)
+class Leaves:
+    """A format's parameter names and layouts by role (schemas.tensors.Row.role), joined to the
+    native module path with ``sep``. An empty name means the module path is the tensor's name."""
+
+    sep: str
+    kernel: tuple[str, Layout]
+    bias: tuple[str, Layout]
+    scale: tuple[str, Layout]
+    shift: tuple[str, Layout]
+    embedding: tuple[str, Layout]
+    decoder: tuple[str, Layout]
+
+    def native(self, module: str, role: str) -> tuple[str, Layout]:
+        leaf, layout = getattr(self, role)
+        return (f"{module}{self.sep}{leaf}" if leaf else module), layout
+
+
+def module_rules(modules: Iterable[tuple[str, str]], leaves: Leaves) -> tuple[Rule, ...]:
+    """One Rule per canonical tensor under each (canonical module, native module) pair, in table order.
+
+    Raises if a canonical module has no tensor in the schema (a typo in a table)."""
+    out: list[Rule] = []
+    for canonical, native in modules:
+        rows = [row for row in ROWS if row.module == canonical]
+        if not rows:
+            raise SchemaError(f"no canonical tensor lives under module {canonical!r}")
+        for row in dict.fromkeys((row.template, row.role) for row in rows):
+            name, layout = leaves.native(native, row[1])
+            out.append(Rule(row[0], name, layout))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -102,8 +138,3 @@ def account(bindings: Mapping[str, Binding], found: Mapping[str, tuple[int, ...]
     kept = {n: s for n, s in found.items() if n not in dropped}
     check_tensors(expected, kept, source=source, hint=hint)
     return dropped
-
-
-def native_tensors(bindings: Mapping[str, Binding], tensors: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """Canonical tensors -> {native name: native-layout array} (materializes each tensor)."""
-    return {b.native: b.layout.to_native(np.asarray(tensors[c])) for c, b in bindings.items()}

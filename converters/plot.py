@@ -16,7 +16,7 @@ from pathlib import Path
 
 from electra_bridge.schemas import MissingDependencyError, SchemaError
 
-from .verify import Diff, Report
+from electra_bridge.runtimes.verify import Diff, Report
 
 
 def require_matplotlib():

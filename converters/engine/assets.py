@@ -23,7 +23,7 @@ def collect(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in ASSET_NAMES if (folder / name).is_file()}
 
 
-def write(out: Path, assets: Mapping[str, bytes]) -> list[Path]:
+def write_assets(out: Path, assets: Mapping[str, bytes]) -> list[Path]:
     written = []
     for name, data in sorted(assets.items()):
         if Path(name).name != name:

@@ -1,0 +1,206 @@
+"""The one read pipeline and the one write pipeline every checkpoint format runs through.
+
+read:  locate the weights -> list native tensors (shard indexes resolved once, confined to
+       the folder) -> plan (config from config.json / ``--config``, head from
+       ``architectures`` else from marker tensors; TF1 plans for itself) -> head-model
+       prefix stripped -> ties checked and dropped -> rules bound -> strict accounting ->
+       lazy canonical tensors -> validated ``Checkpoint`` (narrowed to ``head`` if asked).
+write: writability checks -> rules bound -> prefixes added -> native tensors in the
+       native layout, each loaded only when the codec writes it -> config.json + assets.
+
+dtype contract: codecs report the stored dtype (``ml_dtypes.bfloat16`` for bf16). The
+canonical checkpoint holds float32 or float16; bfloat16 is widened to float32 here, once,
+exactly (bf16 is the top half of a float32). Integer, bool and complex tensors are refused:
+no ELECTRA parameter is one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from electra_bridge.schemas import (
+    TIES, Checkpoint, FormatError, LazyTensor, SchemaError, config_for_head, detect_head, expected_shapes,
+    head_for_architecture, materialize,
+)
+from electra_bridge.schemas.tensors import BACKBONE_GROUPS
+
+from . import shards
+from .assets import collect, config_for, write_assets
+from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
+from .rules import Binding, Rule, account, bind, ignored_reason
+
+log = logging.getLogger("electra_bridge")
+
+#: stored dtypes a canonical checkpoint takes as they are
+KEPT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+BFLOAT16 = "bfloat16"
+
+
+def check_options(fmt, stage: str, options: Mapping[str, object]) -> None:
+    declared = {o.dest for o in fmt.options if o.stage == stage}
+    extra = sorted(k for k, v in options.items() if v is not None and k not in declared)
+    if extra:
+        verb = "reading" if stage == "read" else "writing"
+        raise SchemaError(f"{verb} {fmt.name} takes no option {', '.join('--' + k.replace('_', '-') for k in extra)}"
+                          + (f" (it takes: {', '.join(sorted(o.flag for o in fmt.options if o.stage == stage))})"
+                             if declared else ""))
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def list_natives(fmt: CheckpointFormat, weights: Path) -> dict[str, NativeTensor]:
+    if fmt.index_name is not None and shards.is_index(weights):
+        return shards.list_sharded(weights, fmt.codec.list, fmt.index_key)
+    return fmt.codec.list(weights)
+
+
+def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, config=None,
+         **options) -> Checkpoint:
+    """Read ``path`` (a folder or a file) of format ``fmt`` into a canonical Checkpoint."""
+    path = Path(path)
+    check_options(fmt, "read", options)
+    weights = fmt.codec.locate(path)
+    if weights is None or not weights.exists():
+        raise FormatError(f"{path}: no {fmt.name} weights found")
+    natives = strip_prefix(list_natives(fmt, weights), fmt.head_prefix, weights)
+    request = ReadRequest(weights, natives, head, config, {k: v for k, v in options.items() if v is not None})
+    plan = fmt.plan(request) if fmt.plan is not None else hf_plan(fmt, request)
+    return build(fmt, request, plan, path)
+
+
+def strip_prefix(natives: dict[str, NativeTensor], prefix: str, source: Path) -> dict[str, NativeTensor]:
+    """Backbone names without the head-model prefix (``electra.``), which head models add and base models lack."""
+    if not prefix or not any(n.startswith(prefix) for n in natives):
+        return natives
+    out: dict[str, NativeTensor] = {}
+    for name, tensor in natives.items():
+        short = name.removeprefix(prefix)
+        if short in out:
+            raise FormatError(f"{source} holds both {prefix}{short} and {short}: two copies of one tensor")
+        out[short] = tensor
+    return out
+
+
+def hf_plan(fmt: CheckpointFormat, request: ReadRequest) -> Plan:
+    """The Hugging Face way: config.json (or ``--config``), head from ``architectures`` else from markers."""
+    cfg = config_for(request.weights, request.config)
+    own_head = head_for_architecture(cfg.architectures) or detect_head(canonical_names(fmt.rules, request, cfg), cfg)
+    cfg = config_for_head(fmt.read_config(cfg, own_head, str(request.weights)), own_head)
+    return Plan(own_head, cfg, fmt.rules, fmt.ignored)
+
+
+def canonical_names(rules: tuple[Rule, ...], request: ReadRequest, cfg) -> set[str]:
+    """Canonical names of the native tensors present (every rule expanded over the config's layers)."""
+    found = set()
+    for rule in rules:
+        for i in (range(cfg.num_hidden_layers) if "{layer}" in rule.canonical else (0,)):
+            if rule.native.format(layer=i) in request.natives:
+                found.add(rule.canonical.format(layer=i))
+    return found
+
+
+def _native_of(rules: tuple[Rule, ...], canonical: str) -> Rule | None:
+    return next((r for r in rules if r.canonical == canonical), None)
+
+
+def drop_tied(natives: dict[str, NativeTensor], plan: Plan, source: Path) -> dict[str, NativeTensor]:
+    """A tied alias a file stores anyway (pytorch_model.bin does) must equal its target; then it is dropped."""
+    if not plan.config.tie_word_embeddings:
+        return natives
+    for alias, target in TIES.items():
+        alias_rule, target_rule = _native_of(plan.rules, alias), _native_of(plan.rules, target)
+        if alias_rule is None or alias_rule.native not in natives:
+            continue
+        if target_rule is not None and target_rule.native in natives:
+            a = alias_rule.layout.to_canonical(natives[alias_rule.native].load())
+            b = target_rule.layout.to_canonical(natives[target_rule.native].load())
+            if a.shape != b.shape or not np.array_equal(a, b):
+                raise SchemaError(f"{source}: {alias} should be tied to {target} (tie_word_embeddings is true) but "
+                                  "the two differ; set tie_word_embeddings=false in config.json if it is untied")
+        natives = {n: t for n, t in natives.items() if n != alias_rule.native}
+    return natives
+
+
+def canonical_dtype(tensor: NativeTensor, source: Path) -> np.dtype:
+    if tensor.dtype.name == BFLOAT16:
+        return np.dtype(np.float32)
+    if np.dtype(tensor.dtype).newbyteorder("=") not in KEPT_DTYPES:
+        raise FormatError(f"{source}: {tensor.name} has dtype {tensor.dtype}; ELECTRA parameters are float32, "
+                          "float16 or bfloat16")
+    return np.dtype(tensor.dtype).newbyteorder("=")
+
+
+def _lazy(tensor: NativeTensor, binding: Binding, dtype: np.dtype) -> LazyTensor:
+    def load() -> np.ndarray:
+        arr = tensor.load()
+        if arr.dtype != dtype:   # bfloat16 -> float32 (exact), byte order -> native
+            arr = arr.astype(dtype)
+        return binding.layout.to_canonical(arr)
+    return LazyTensor(binding.canonical_shape, dtype, load)
+
+
+def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path) -> Checkpoint:
+    """Bind the plan's rules, account strictly, and hand out the canonical tensors lazily."""
+    source = request.weights
+    natives = drop_tied(dict(request.natives), plan, source)
+    bindings = bind(plan.rules, plan.config, plan.head)
+    dropped = account(bindings, {n: t.shape for n, t in natives.items()}, plan.ignored, source=str(source),
+                      hint=f"check that the config ({plan.config_origin}) describes this file (sizes, num_labels, "
+                           "architectures, tie_word_embeddings)")
+    if dropped:
+        reasons = Counter(ignored_reason(n, plan.ignored) for n in dropped)
+        log.info("%s: left out %d tensors, never read: %s", source, len(dropped),
+                 "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()))
+    tensors = {c: _lazy(natives[b.native], b, canonical_dtype(natives[b.native], source)) for c, b in bindings.items()}
+    provenance = {"format": fmt.name, "path": str(path), "file": source.name, **plan.provenance}
+    ckpt = Checkpoint(plan.config, plan.head, tensors, collect(source.parent), provenance).validate(str(source))
+    return ckpt.as_head(request.head) if request.head and request.head != plan.head else ckpt
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def check_head(fmt, ckpt: Checkpoint) -> None:
+    if ckpt.head not in fmt.heads:
+        raise SchemaError(f"head {ckpt.head} cannot be written as {fmt.name} (writable heads: {', '.join(fmt.heads)}); "
+                          "--head base writes the encoder alone")
+
+
+def native_tensors(fmt: CheckpointFormat, ckpt: Checkpoint) -> list[NativeTensor]:
+    """The checkpoint's tensors under their native names and layout, in rules order, each loaded on demand."""
+    rules = fmt.write_rules(ckpt) if fmt.write_rules is not None else fmt.rules
+    backbone = set(expected_shapes(ckpt.config, BACKBONE_GROUPS))
+    prefix = fmt.head_prefix if ckpt.head != "base" else ""
+    out = []
+    for canonical, b in bind(rules, ckpt.config, ckpt.head).items():
+        tensor = ckpt.tensors[canonical]
+        name = prefix + b.native if canonical in backbone else b.native
+        out.append(NativeTensor(name, b.native_shape, np.dtype(tensor.dtype),
+                                lambda t=tensor, b=b: b.layout.to_native(materialize(t))))
+    return out
+
+
+def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list[Path]:
+    """Write ``ckpt`` into folder ``out`` (which exists and is empty) as ``fmt``."""
+    check_options(fmt, "write", options)
+    fmt.check_writable(ckpt)
+    check_head(fmt, ckpt)
+    paths = fmt.codec.write(out, native_tensors(fmt, ckpt), ckpt)
+    return [*paths, *write_config_and_assets(ckpt, out, fmt.write_config(ckpt.hf_config))]
+
+
+def export(fmt: ArtifactFormat, ckpt: Checkpoint, out: Path, **options) -> list[Path]:
+    """Export ``ckpt`` into folder ``out`` as the artifact ``fmt`` (files + config.json + assets)."""
+    check_options(fmt, "write", options)
+    check_head(fmt, ckpt)
+    paths = fmt.export(ckpt, out, **{k: v for k, v in options.items() if v is not None})
+    return [*paths, *write_config_and_assets(ckpt, out, ckpt.hf_config)]
+
+
+def write_config_and_assets(ckpt: Checkpoint, out: Path, cfg) -> list[Path]:
+    (out / "config.json").write_text(cfg.to_json())
+    return [out / "config.json", *write_assets(out, ckpt.assets)]

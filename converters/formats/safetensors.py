@@ -1,0 +1,106 @@
+"""HF PyTorch checkpoints: read ``model.safetensors`` (single or sharded) and ``pytorch_model.bin``
+(single or sharded); write an HF-loadable folder (config.json + model.safetensors, ``{"format": "pt"}``).
+
+Native names are the state-dict keys: the canonical name, with ``electra.`` in front of
+backbone tensors in head models (ElectraModel has no prefix). Layout is canonical already
+(torch.nn.Linear [out, in]). ``pytorch_model.bin`` stores the tied decoder again; the engine
+checks it equals the word embeddings and drops it. It is opened only with
+``torch.load(weights_only=True)``: a file that needs anything beyond tensors is refused,
+never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+from electra_bridge.schemas import ROWS, Checkpoint, FormatError, MissingDependencyError
+
+from ..engine.format import CheckpointFormat, NativeTensor
+from ..engine.rules import Ignored, Rule
+from . import safetensors_file
+
+SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)
+
+#: Names are canonical after the model prefix is removed; the layout is canonical.
+RULES = tuple(Rule(row.template, row.template) for row in ROWS)
+
+IGNORED = (
+    Ignored("embeddings.position_ids", "non-persistent arange buffer that older transformers versions saved"),
+    Ignored("embeddings.token_type_ids", "non-persistent zeros buffer, not a parameter"),
+)
+
+
+def _load_bin(path: Path) -> dict[str, NativeTensor]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"reading {path.name} needs PyTorch: pip install 'electra-bridge[torch]' (or convert from model.safetensors)"
+        ) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        lines = str(exc).strip().splitlines()
+        detail = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), lines[0] if lines else "")
+        raise FormatError(
+            f"refusing {path}: it contains pickled objects other than tensors ({detail.strip()}). "
+            "electra-bridge opens pytorch_model.bin only with torch.load(weights_only=True) and never runs pickled code; "
+            "re-save the weights as safetensors from a trusted environment"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise FormatError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    if not isinstance(state, dict):
+        raise FormatError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    out = {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise FormatError(f"{path}: entry {name!r} is a {type(t).__name__}, not a tensor")
+        out[name] = NativeTensor(name, tuple(t.shape), _dtype(t), lambda t=t: _to_numpy(t))
+    return out
+
+
+def _dtype(t):
+    return _to_numpy(t.reshape(-1)[:0]).dtype
+
+
+def _to_numpy(t):
+    import ml_dtypes
+    import torch
+
+    if t.dtype == torch.bfloat16:   # numpy has no bfloat16: reinterpret the bits through ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+class SafetensorsCodec:
+    def locate(self, path: Path) -> Path | None:
+        if path.is_dir():
+            return next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if path.name.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")):
+            return path
+        return None
+
+    def list(self, weights: Path) -> dict[str, NativeTensor]:
+        if weights.suffix == ".bin":
+            return _load_bin(weights)
+        return safetensors_file.SafetensorsFile(weights).tensors()
+
+    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint) -> list[Path]:
+        """``model.safetensors`` as save_pretrained writes it; the tied decoder is omitted (transformers
+        re-ties it on load), an untied one is kept and config.json says so."""
+        safetensors_file.write(out / SAFE, tensors, {"format": "pt"})
+        return [out / SAFE]
+
+
+FORMAT = CheckpointFormat(
+    name="safetensors",
+    codec=SafetensorsCodec(),
+    rules=RULES,
+    ignored=IGNORED,
+    head_prefix="electra.",
+    index_name=SAFE_INDEX,
+)
