@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -17,6 +22,36 @@ sys.path.insert(0, str(FIXTURES))
 import spec  # noqa: E402  (fixtures/spec.py: the tiny models' description)
 
 HEADS = spec.HEADS
+
+
+@functools.cache
+def _extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+@functools.cache
+def missing_for(extra: str) -> tuple[str, ...]:
+    """The distributions of pyproject's ``extra`` (nested extras expanded) that are not installed."""
+    missing = []
+    for requirement in _extras()[extra]:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
+        nested = re.search(r"\[([^]]+)\]", requirement)
+        if name == "electra-bridge" and nested:
+            missing += [m for sub in nested.group(1).split(",") for m in missing_for(sub.strip())]
+            continue
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return tuple(dict.fromkeys(missing))
+
+
+def requires(*extras: str):
+    """Skip a test (or a parametrised case: ``pytest.param(..., marks=requires("tf"))``) unless every
+    distribution of the given pyproject extras is installed. The reason names what is missing."""
+    missing = [m for extra in extras for m in missing_for(extra)]
+    return pytest.mark.skipif(bool(missing), reason=f"needs the {'/'.join(extras)} extra "
+                              f"(pip install 'electra-bridge[{','.join(extras)}]'; missing: {', '.join(missing)})")
 
 
 def golden(head: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[np.ndarray]]:
