@@ -8,7 +8,7 @@ E=128, I=1024; base: H=768, L=12, E=768, I=3072; V=30522, P=512), saved by trans
    * ours:         ``electra-bridge convert H5 OUT --to safetensors`` (verified; no TensorFlow import)
    * transformers: ``ElectraForPreTraining(config)`` + ``load_tf2_checkpoint_in_pytorch_model`` +
                    ``save_pretrained`` (its working h5 -> PT route in 4.57.6; from_tf=True leaves
-                   the weights on the meta device, formats.md section 6.5)
+                   the weights on the meta device)
    The two outputs are then compared with ``electra-bridge verify`` (must be EQUAL).
 2. Forward pass on a [batch, seq] probe batch, in this process: our TF runtime (forward.py over
    tf ops in a tf.function) vs transformers' TFElectraForPreTraining wrapped in a tf.function,

@@ -8,7 +8,7 @@ E=128, I=1024; base: H=768, L=12, E=768, I=3072; V=30522, P=512), saved by trans
    * ours:         ``electra-bridge convert SRC OUT --to safetensors`` (verified; no JAX/Flax import)
    * transformers: ``ElectraForPreTraining(config)`` + ``load_flax_checkpoint_in_pytorch_model`` +
                    ``save_pretrained`` (its working msgpack -> PT route in 4.57.6; from_flax=True
-                   leaves the weights on the meta device, formats.md section 6.5)
+                   leaves the weights on the meta device)
    The two outputs are then compared with ``electra-bridge verify`` (must be EQUAL).
 2. Forward pass on a [batch, seq] probe batch, in this process: our JAX runtime (forward.py over
    jax.numpy ops, jax.jit) vs transformers' FlaxElectraForPreTraining wrapped in jax.jit, median

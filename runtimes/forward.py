@@ -6,7 +6,7 @@ holds int64 ``input_ids``, ``attention_mask`` and ``token_type_ids`` of shape [B
 ([B, K, S] for multiple-choice). numpy, torch, TF and JAX each supply ``ops``
 (runtimes/ops_*.py); an ops namespace needs exactly the functions ``Ops`` lists.
 
-Numerics match HF PyTorch (formats.md section 7): exact erf GELU for "gelu", LayerNorm
+Numerics match HF PyTorch's ElectraModel and heads: exact erf GELU for "gelu", LayerNorm
 with cfg.layer_norm_eps over the last axis (biased variance), additive attention mask
 ``(1 - mask) * finfo(dtype).min``, causal mask only for causal-lm, generator head
 activation hard-coded to "gelu" as PT/TF do, SequenceSummary as PT defines it.

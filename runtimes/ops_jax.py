@@ -8,7 +8,7 @@ reference: exact erf GELU (``jax.scipy.special.erf``, never ``jax.nn.gelu``'s ta
 default), LayerNorm over the last axis with the two-pass variance (flax's LayerNorm
 defaults to E[x^2]-E[x]^2; we follow torch), ``finfo.min`` additive mask, and matmuls
 at ``precision="highest"`` so a GPU/TPU does not silently drop to TF32/bf16 passes
-(formats.md section 7, trap 10). ``shape`` returns static Python ints under jit.
+(JAX's default matmul precision on accelerators is not full float32). ``shape`` returns static Python ints under jit.
 """
 
 from __future__ import annotations

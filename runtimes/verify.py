@@ -21,7 +21,7 @@ from .probe import probe_batch
 from .runner import Runner
 
 #: (runtime, dtype) -> (atol, rtol); a pair is judged by the looser of its two sides.
-#: float32 CPU kernels of different frameworks agree to ~1e-6 on small models (formats.md section 9);
+#: float32 CPU kernels of different frameworks agree to ~1e-6 on the tiny fixtures (tests/test_registry.py);
 #: fused ONNX Runtime kernels (attention, LayerNorm, GELU) reorder sums, yet measured <= 1.2e-6 on the fixtures
 #: and <= 5.1e-6 at electra-base size, so they share the float32 row (a 1e-4 row let a perturbed layer pass).
 TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {

@@ -53,7 +53,7 @@ def test_not_electra_is_refused():
                                          ("sequence-classification", 43), ("multiple-choice", 43),
                                          ("token-classification", 41), ("question-answering", 41)])
 def test_tensor_counts_match_transformers(head, count):
-    # formats.md 3.2: state-dict sizes of a 2-layer model with E != H (tied decoder not stored)
+    # state-dict sizes transformers gives a 2-layer model with E != H (tied decoder not stored)
     assert len(head_shapes(TINY, head)) == count
 
 

@@ -1,4 +1,8 @@
-"""HF PyTorch checkpoints: safetensors (single and sharded), pytorch_model.bin, the writer, convert."""
+"""HF PyTorch checkpoints: what is specific to safetensors (single and sharded) and pytorch_model.bin.
+
+Reading every fixture, bit-exact round trips and the name table against real files are
+tests/test_registry.py's, for every format alike.
+"""
 
 import json
 import shutil
@@ -8,25 +12,20 @@ import pytest
 
 from helpers import HEADS, assert_same_tensors, golden, max_abs, run_cli, spec
 
-from electra_bridge.converters import VerificationError, convert, hf_pytorch, read, safetensors_io
-from electra_bridge.converters.rules import bind
+from electra_bridge.converters import VerificationError, convert, read, write
+from electra_bridge.converters.engine import pipeline
+from electra_bridge.converters.formats import safetensors_file
+from electra_bridge.converters.formats.safetensors import FORMAT
 from electra_bridge.runtimes import CheckpointRunner
 from electra_bridge.schemas import FormatError, SchemaError
 
 
-@pytest.mark.parametrize("head", HEADS)
-def test_safetensors_and_bin_hold_the_same_tensors(head):
-    assert_same_tensors(read(spec.HF_SAFETENSORS / head), read(spec.HF_BIN / head))
-
-
-@pytest.mark.parametrize("head", HEADS)
-def test_write_then_read_is_bit_exact(head, tmp_path):
-    ckpt = read(spec.HF_SAFETENSORS / head)
-    hf_pytorch.write(ckpt, tmp_path)
-    back = read(tmp_path)
-    assert_same_tensors(ckpt, back)
+def test_written_folder_carries_assets_and_pt_metadata(tmp_path):
+    ckpt = read(spec.HF_SAFETENSORS / "masked-lm")
+    write(ckpt, tmp_path / "out", "safetensors")
+    back = read(tmp_path / "out")
     assert back.assets == ckpt.assets and "vocab.txt" in back.assets
-    _, meta, _ = safetensors_io.read_header(tmp_path / "model.safetensors")
+    _, meta, _ = safetensors_file.read_header(tmp_path / "out" / "model.safetensors")
     assert meta == {"format": "pt"}
 
 
@@ -35,11 +34,11 @@ def test_written_file_matches_what_transformers_saved():
     safetensors = pytest.importorskip("safetensors.numpy")
     theirs = safetensors.load_file(spec.HF_SAFETENSORS / "masked-lm" / "model.safetensors")
     ckpt = read(spec.HF_SAFETENSORS / "masked-lm")
-    names = hf_pytorch.native_names(ckpt)
-    assert sorted(names.values()) == sorted(theirs)
+    natives = {t.name: t for t in pipeline.native_tensors(FORMAT, ckpt)}
+    assert sorted(natives) == sorted(theirs)
     assert "generator_lm_head.weight" not in theirs  # tied: stored once, like save_pretrained
-    for canonical, native in names.items():
-        assert np.array_equal(ckpt.array(canonical), theirs[native])
+    for name, tensor in natives.items():
+        assert np.array_equal(tensor.load(), theirs[name]), name
 
 
 def test_sharded_safetensors(tmp_path):
@@ -60,6 +59,30 @@ def test_sharded_index_naming_a_missing_shard_is_refused(tmp_path):
     shutil.copy(spec.HF_SAFETENSORS / "base" / "config.json", tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "gone.safetensors"}}))
     with pytest.raises(FormatError, match="gone.safetensors"):
+        read(tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["../model.safetensors", "/etc/passwd", "sub/model.safetensors"])
+def test_shard_index_never_reads_outside_its_folder(tmp_path, shard):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shutil.copy(spec.HF_SAFETENSORS / "base" / "config.json", folder)
+    shutil.copy(spec.HF_SAFETENSORS / "base" / "model.safetensors", tmp_path)  # a real file just outside
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": shard}}))
+    with pytest.raises(FormatError, match="inside"):
+        read(folder)
+
+
+def test_shard_holding_a_tensor_the_index_puts_elsewhere_is_refused(tmp_path):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    tensors = safetensors.load_file(spec.HF_SAFETENSORS / "base" / "model.safetensors")
+    names = sorted(tensors)
+    safetensors.save_file({k: tensors[k] for k in names}, tmp_path / "a.safetensors")      # holds everything
+    safetensors.save_file({names[0]: tensors[names[0]]}, tmp_path / "b.safetensors")
+    index = {"weight_map": {**{k: "a.safetensors" for k in names[1:]}, names[0]: "b.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copy(spec.HF_SAFETENSORS / "base" / "config.json", tmp_path)
+    with pytest.raises(FormatError, match=f"holds {names[0]}|{names[0]} is stored in two shards"):
         read(tmp_path)
 
 
@@ -102,14 +125,13 @@ def test_bfloat16_safetensors_is_widened_to_float32(tmp_path):
     from safetensors.torch import save_file
 
     ckpt = read(spec.HF_SAFETENSORS / "base")
-    names = hf_pytorch.native_names(ckpt)
-    bf16 = {names[n]: torch.from_numpy(a).to(torch.bfloat16) for n, a in ckpt.arrays().items()}
+    bf16 = {n: torch.from_numpy(a).to(torch.bfloat16) for n, a in ckpt.arrays().items()}  # base: no prefix
     save_file(bf16, tmp_path / "model.safetensors", metadata={"format": "pt"})
     shutil.copy(spec.HF_SAFETENSORS / "base" / "config.json", tmp_path)
     back = read(tmp_path)
-    for canonical, native in names.items():
-        assert back.array(canonical).dtype == np.float32
-        assert np.array_equal(back.array(canonical), bf16[native].float().numpy())
+    for name, tensor in bf16.items():
+        assert back.array(name).dtype == np.float32
+        assert np.array_equal(back.array(name), tensor.float().numpy())
 
 
 def test_missing_config_is_a_clear_error(tmp_path):
@@ -141,28 +163,17 @@ def test_any_head_can_be_read_as_base():
     assert max_abs(out, hidden[-1]) <= 1e-5
 
 
-def test_rules_table_matches_reality():
-    """Every rule is used by some fixture; binding never maps two tensors to one native name."""
-    used = set()
-    for head in HEADS:
-        ckpt = read(spec.HF_SAFETENSORS / head)
-        used |= {b.native for b in bind(hf_pytorch.RULES, ckpt.config, head).values()}
-    templates = {r.native for r in hf_pytorch.RULES}
-    unused = [t for t in templates if not any(n == t.format(layer=0) or n == t for n in used)]
-    assert unused == ["generator_lm_head.weight"]  # only the untied decoder, absent from tied fixtures
-
-
 def test_convert_mismatch_leaves_nothing(tmp_path, monkeypatch):
-    real_write = hf_pytorch.write
+    real_write = pipeline.write
 
-    def corrupting_write(ckpt, out, **options):
+    def corrupting_write(fmt, ckpt, out, **options):
         tensors = dict(ckpt.arrays())
         weight = tensors["encoder.layer.1.output.dense.weight"].copy()
         weight[3, 5] += 0.05  # one element: a uniform shift would be cancelled by the LayerNorm that follows
         tensors["encoder.layer.1.output.dense.weight"] = weight
-        return real_write(ckpt.with_(tensors=tensors), out, **options)
+        return real_write(fmt, ckpt.with_(tensors=tensors), out, **options)
 
-    monkeypatch.setattr(hf_pytorch, "write", corrupting_write)
+    monkeypatch.setattr(pipeline, "write", corrupting_write)
     out = tmp_path / "out"
     with pytest.raises(VerificationError) as err:
         convert(spec.HF_SAFETENSORS / "pretraining", out, "safetensors")
@@ -205,8 +216,8 @@ def test_verify_exit_codes(tmp_path):
     ckpt = read(src)
     tensors = dict(ckpt.arrays())
     tensors["discriminator_predictions.dense.bias"] = tensors["discriminator_predictions.dense.bias"] + 1e-3
-    hf_pytorch.write(ckpt.with_(tensors=tensors), tmp_path)
-    differ = run_cli("verify", src, tmp_path, "--json")
+    write(ckpt.with_(tensors=tensors), tmp_path / "edited", "safetensors")
+    differ = run_cli("verify", src, tmp_path / "edited", "--json")
     assert differ.returncode == 1
     heads = json.loads(differ.stdout)["heads"]
     assert heads["base"]["outputs"]["last_hidden_state"]["max_abs"] == 0.0  # the backbone is untouched
