@@ -27,7 +27,7 @@ from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaE
 from . import inputs as user_inputs
 from . import text as text_inputs
 from . import tokenizer_assets
-from .engine import assets, pipeline, progress
+from .engine import assets, output, pipeline, progress
 from .engine.format import ArtifactFormat, CheckpointFormat
 from .formats import FORMATS, all_formats, get_format
 
@@ -80,14 +80,16 @@ def _staging_dir(out: Path) -> Path:
 
 
 def write(ckpt: Checkpoint, out: str | Path, to: str, *, force: bool = False, **options) -> Path:
-    """Write ``ckpt`` as format ``to`` into the folder ``out``, atomically (no verification)."""
+    """Write ``ckpt`` as format ``to`` into the folder ``out``, atomically (no verification).
+
+    ``force`` replaces ``out`` only if electra-bridge wrote it (engine/output.py)."""
     return _write_verified(ckpt, Path(out), to, force=force, check=None, options=options)
 
 
 def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check, options: Mapping) -> Path:
     spec = get_format(to)
-    if out.exists() and not force:
-        raise BridgeError(f"{out} already exists; pass --force to replace it")
+    source = ckpt.provenance.get("path")
+    output.check_target(out, [Path(source)] if source else [], force=force)
     tmp = _staging_dir(out)
     try:
         if isinstance(spec, CheckpointFormat):
@@ -95,11 +97,18 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
         else:
             pipeline.export(spec, ckpt, tmp, **options)
         _complete_assets(ckpt, tmp)
+        output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
+                                  "source_format": ckpt.provenance.get("format", "in memory")})
         if check is not None:
             check(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
+        if out.exists() or out.is_symlink():
+            output.check_target(out, [], force=force)        # still ours, right before it goes
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -26,9 +26,10 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FormatError(f"--inputs {path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise FormatError(f"--inputs {path}: expected an .npz archive (np.savez) with {', '.join(NAMES)}")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):   # a bare .npy gives one array
+            raise FormatError(f"--inputs {path}: expected an .npz archive (np.savez) with {', '.join(NAMES)}")
+        with data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise FormatError(f"--inputs {path} is not a readable .npz file: {exc}") from exc
