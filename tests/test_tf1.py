@@ -17,8 +17,9 @@ import pytest
 
 from helpers import FIXTURES, assert_same_tensors, max_abs, run_cli, run_python
 
-from electra_bridge.converters import convert, detect_format, google_tf1, read, tf_bundle, write
-from electra_bridge.converters.rules import bind, ignored_reason
+from electra_bridge.converters import convert, detect_format, read, write
+from electra_bridge.converters.engine.rules import bind, ignored_reason
+from electra_bridge.converters.formats import tf1, tf1_bundle, tf1_config, tf1_table
 from electra_bridge.runtimes import CheckpointRunner, probe_batch
 from electra_bridge.schemas import ElectraConfig, FormatError, SchemaError
 
@@ -33,11 +34,11 @@ TOL = 1e-5
 
 def tf_reader(path):
     tf = pytest.importorskip("tensorflow")
-    return tf.train.load_checkpoint(str(tf_bundle.resolve_prefix(path)))
+    return tf.train.load_checkpoint(str(tf1_bundle.resolve_prefix(path)))
 
 
 def prefix(path) -> str:
-    return str(tf_bundle.resolve_prefix(path))
+    return str(tf1_bundle.resolve_prefix(path))
 
 
 def transformers_model(ckpt, cls_name: str, net: str):
@@ -66,24 +67,24 @@ def test_every_way_of_naming_a_checkpoint_resolves_to_its_prefix(tmp_path):
     expected = PRE / "model.ckpt-1000"
     for path in (PRE, expected, PRE / "model.ckpt-1000.index", PRE / "model.ckpt-1000.data-00000-of-00001",
                  PRE / "checkpoint"):
-        assert tf_bundle.resolve_prefix(path) == expected, path
+        assert tf1_bundle.resolve_prefix(path) == expected, path
         assert detect_format(path) == "tf1", path
     # a 'checkpoint' file written on the training machine (absolute or gs:// path) -> same name beside it
     copy = tmp_path / "ckpt"
     shutil.copytree(PRE, copy)
     (copy / "checkpoint").write_text('model_checkpoint_path: "gs://bucket/models/electra/model.ckpt-1000"\n')
-    assert tf_bundle.resolve_prefix(copy) == copy / "model.ckpt-1000"
+    assert tf1_bundle.resolve_prefix(copy) == copy / "model.ckpt-1000"
     # no 'checkpoint' file: the one .index there
     (copy / "checkpoint").unlink()
-    assert tf_bundle.resolve_prefix(copy) == copy / "model.ckpt-1000"
-    assert not google_tf1.detect(FIXTURES / "hf" / "pretraining")
-    assert not google_tf1.detect(tmp_path / "missing")
+    assert tf1_bundle.resolve_prefix(copy) == copy / "model.ckpt-1000"
+    assert not tf1.FORMAT.detect(FIXTURES / "hf" / "pretraining")
+    assert not tf1.FORMAT.detect(tmp_path / "missing")
 
 
 def test_index_header_and_entries_are_read_by_hand():
-    bundle = tf_bundle.BundleReader(PRE)
-    assert bundle.num_shards == 1 and bundle.header["endianness"] == tf_bundle.LITTLE_ENDIAN
-    assert bundle.header["producer"] == tf_bundle.BUNDLE_VERSION
+    bundle = tf1_bundle.BundleReader(PRE)
+    assert bundle.num_shards == 1 and bundle.header["endianness"] == tf1_bundle.LITTLE_ENDIAN
+    assert bundle.header["producer"] == tf1_bundle.BUNDLE_VERSION
     n_model = len(make_tf1.pretraining_shapes(make_tf1.DISC, make_tf1.GEN))
     assert len(bundle.entries) == 3 * n_model + 1  # variables, adam_m, adam_v, global_step
     e = bundle.entries["global_step"]
@@ -98,7 +99,7 @@ def test_index_header_and_entries_are_read_by_hand():
 @pytest.mark.parametrize("fixture", [PRE, CHUNK, MNLI], ids=lambda p: p.name)
 def test_reader_is_bit_exact_with_tensorflows_reader_for_every_tensor(fixture):
     theirs = tf_reader(fixture)
-    ours = tf_bundle.BundleReader(fixture)
+    ours = tf1_bundle.BundleReader(fixture)
     assert {n: list(s) for n, s in ours.shapes().items()} == theirs.get_variable_to_shape_map()
     for name in ours.entries:
         a, b = ours.read(name), theirs.get_tensor(name)
@@ -130,16 +131,16 @@ def test_read_and_convert_run_with_tensorflow_unimportable(tmp_path):
         ckpt = read(PRE, net=net)
         saved = np.load(tmp_path / f"{net}.npz")
         assert sorted(saved.files) == sorted(ckpt.tensors)
-        for canonical, b in bind(google_tf1.RULES[net], ckpt.config, ckpt.head).items():
+        for canonical, b in bind(tf1.RULES[net], ckpt.config, ckpt.head).items():
             assert np.array_equal(saved[canonical], b.layout.to_canonical(theirs.get_tensor(b.native))), canonical
 
 
 def test_optimizer_slots_and_the_other_net_are_never_read(tmp_path, monkeypatch):
     read_names = []
-    original = tf_bundle.BundleReader.read
-    monkeypatch.setattr(tf_bundle.BundleReader, "read", lambda self, name: read_names.append(name) or original(self, name))
+    original = tf1_bundle.BundleReader.read
+    monkeypatch.setattr(tf1_bundle.BundleReader, "read", lambda self, name: read_names.append(name) or original(self, name))
     convert(PRE, tmp_path / "out", "safetensors")  # verified: reads the source twice (write + check)
-    kept = {b.native for b in bind(google_tf1.RULES["discriminator"], read(PRE).config, "pretraining").values()}
+    kept = {b.native for b in bind(tf1.RULES["discriminator"], read(PRE).config, "pretraining").values()}
     assert set(read_names) == kept
     assert not [n for n in read_names if "adam" in n or n == "global_step" or n.startswith("generator")]
 
@@ -147,7 +148,7 @@ def test_optimizer_slots_and_the_other_net_are_never_read(tmp_path, monkeypatch)
 def test_a_corrupt_kept_tensor_fails_its_checksum_but_a_corrupt_slot_is_never_looked_at(tmp_path):
     copy = tmp_path / "ckpt"
     shutil.copytree(PRE, copy)
-    bundle = tf_bundle.BundleReader(copy)
+    bundle = tf1_bundle.BundleReader(copy)
     data = bytearray(bundle.shard_path(0).read_bytes())
     slot = bundle.entries["electra/encoder/layer_0/attention/self/query/kernel/adam_m"]
     data[slot.offset + 3] ^= 0xFF
@@ -168,70 +169,70 @@ def test_a_corrupt_or_foreign_index_is_refused(tmp_path):
     raw[20] ^= 0x01  # inside the first data block
     index.write_bytes(bytes(raw))
     with pytest.raises(FormatError, match="checksum"):
-        tf_bundle.BundleReader(copy)
+        tf1_bundle.BundleReader(copy)
     index.write_bytes(b"not an sstable" * 8)
     with pytest.raises(FormatError, match="magic"):
-        tf_bundle.read_table(index)
-    assert not tf_bundle.is_bundle_index(index)
+        tf1_table.read_table(index)
+    assert not tf1_table.has_table_magic(index)
     (copy / "model.ckpt-1000.data-00000-of-00001").unlink()
     index.write_bytes((PRE / "model.ckpt-1000.index").read_bytes())
     with pytest.raises(FormatError, match="shard"):
-        tf_bundle.BundleReader(copy)
+        tf1_bundle.BundleReader(copy)
 
 
 def _one_block_table(payload: bytes, kind: int, last_key: bytes) -> bytes:
     """An SSTable whose single data block is ``payload`` stored with compression ``kind``."""
     def framed(k: int, contents: bytes) -> bytes:
-        crc = tf_bundle.mask(tf_bundle.crc32c(bytes([k]), tf_bundle.crc32c(contents)))
+        crc = tf1_table.mask(tf1_table.crc32c(bytes([k]), tf1_table.crc32c(contents)))
         return contents + bytes([k]) + struct.pack("<I", crc)
 
-    varint = tf_bundle.encode_varint
+    varint = tf1_table.encode_varint
     data = framed(kind, payload)
-    meta = framed(0, tf_bundle._BlockBuilder(16).finish())
-    index = tf_bundle._BlockBuilder(1)
+    meta = framed(0, tf1_table.BlockBuilder(16).finish())
+    index = tf1_table.BlockBuilder(1)
     index.add(last_key, varint(0) + varint(len(payload)))
     index_block = framed(0, index.finish())
     handles = (varint(len(data)) + varint(len(meta) - 5) + varint(len(data) + len(meta)) + varint(len(index_block) - 5))
-    footer = handles + b"\0" * (40 - len(handles)) + struct.pack("<Q", tf_bundle.TABLE_MAGIC)
+    footer = handles + b"\0" * (40 - len(handles)) + struct.pack("<Q", tf1_table.TABLE_MAGIC)
     return data + meta + index_block + footer
 
 
 def test_block_compression_types_are_checked(tmp_path):
-    items = [(b"", tf_bundle.encode_header(1)), (b"a", b"x" * 40), (b"ab", b"y")]
-    block = tf_bundle._BlockBuilder(tf_bundle.RESTART_INTERVAL)
+    items = [(b"", tf1_bundle.encode_header(1)), (b"a", b"x" * 40), (b"ab", b"y")]
+    block = tf1_table.BlockBuilder(tf1_table.RESTART_INTERVAL)
     for k, v in items:
         block.add(k, v)
     contents = block.finish()
     path = tmp_path / "t.index"
     path.write_bytes(_one_block_table(contents, 0, b"ab"))
-    assert tf_bundle.read_table(path) == items
+    assert tf1_table.read_table(path) == items
     path.write_bytes(_one_block_table(contents, 7, b"ab"))
     with pytest.raises(FormatError, match="compression type 7"):
-        tf_bundle.read_table(path)
+        tf1_table.read_table(path)
     # the same block snappy-compressed (as literals) reads back the same
-    snappy = tf_bundle.encode_varint(len(contents))
+    snappy = tf1_table.encode_varint(len(contents))
     for i in range(0, len(contents), 60):
         chunk = contents[i:i + 60]
         snappy += bytes([(len(chunk) - 1) << 2]) + chunk
-    path.write_bytes(_one_block_table(snappy, tf_bundle.SNAPPY_COMPRESSION, b"ab"))
-    assert tf_bundle.read_table(path) == items
+    path.write_bytes(_one_block_table(snappy, tf1_table.SNAPPY_COMPRESSION, b"ab"))
+    assert tf1_table.read_table(path) == items
 
 
 def test_snappy_decoder_handles_overlapping_copies():
     # "abcd" literal, then copy len 8 offset 4 (1-byte-offset form) and copy len 5 offset 1 (2-byte form)
-    raw = tf_bundle.encode_varint(17) + bytes([3 << 2]) + b"abcd" + bytes([1 | ((8 - 4) << 2), 4]) \
+    raw = tf1_table.encode_varint(17) + bytes([3 << 2]) + b"abcd" + bytes([1 | ((8 - 4) << 2), 4]) \
         + bytes([2 | ((5 - 1) << 2)]) + struct.pack("<H", 1)
-    assert tf_bundle.snappy_decompress(raw) == b"abcdabcdabcdddddd"
+    assert tf1_table.snappy_decompress(raw) == b"abcdabcdabcdddddd"
     with pytest.raises(FormatError):
-        tf_bundle.snappy_decompress(tf_bundle.encode_varint(4) + bytes([1 | (0 << 2), 9]))
+        tf1_table.snappy_decompress(tf1_table.encode_varint(4) + bytes([1 | (0 << 2), 9]))
 
 
 def test_multi_block_index_built_here_is_read_by_both_readers(tmp_path):
     tensors = {f"scope_{i:04d}/some/long/variable/name/kernel": np.full((2,), i, np.float32) for i in range(6000)}
-    tf_bundle.write_bundle(tmp_path / "model.ckpt", tensors)
-    items = tf_bundle.read_table(tmp_path / "model.ckpt.index")
+    tf1_bundle.write_bundle(tmp_path / "model.ckpt", tensors)
+    items = tf1_table.read_table(tmp_path / "model.ckpt.index")
     assert len(items) == len(tensors) + 1
-    ours, theirs = tf_bundle.BundleReader(tmp_path / "model.ckpt"), tf_reader(tmp_path / "model.ckpt")
+    ours, theirs = tf1_bundle.BundleReader(tmp_path / "model.ckpt"), tf_reader(tmp_path / "model.ckpt")
     for name in list(tensors)[::497] + [max(tensors)]:
         assert np.array_equal(ours.read(name), tensors[name]) and np.array_equal(theirs.get_tensor(name), tensors[name])
 
@@ -281,16 +282,16 @@ def test_head_implies_the_net_and_a_missing_net_is_named(tmp_path):
 
 
 def test_table_versus_reality_every_rule_matches_a_fixture_tensor():
-    model_names = set(google_tf1.survey(tf_bundle.BundleReader(PRE).shapes()).shapes)
+    model_names = set(tf1.survey(tf1_bundle.BundleReader(PRE).shapes()).shapes)
     used = set()
     for net in ("discriminator", "generator"):
         ckpt = read(PRE, net=net)
-        natives = {b.native for b in bind(google_tf1.RULES[net], ckpt.config, ckpt.head).values()}
+        natives = {b.native for b in bind(tf1.RULES[net], ckpt.config, ckpt.head).values()}
         assert natives <= model_names
         used |= natives
     assert used == model_names  # the two nets together account for every model variable
-    names = tf_bundle.BundleReader(PRE).shapes()
-    assert all(ignored_reason(n, google_tf1.IGNORED) for n in set(names) - model_names)
+    names = tf1_bundle.BundleReader(PRE).shapes()
+    assert all(ignored_reason(n, tf1.IGNORED) for n in set(names) - model_names)
 
 
 # ---- the CLI ------------------------------------------------------------------------------------
@@ -369,12 +370,12 @@ def test_glue_checkpoint_is_refused_with_the_reason_and_the_way_out(tmp_path):
 
 
 def _bundle_with_task(folder, task: str, heads: dict) -> None:
-    body = tf_bundle.BundleReader(CHUNK)
+    body = tf1_bundle.BundleReader(CHUNK)
     tensors = {n: body.read(n) for n in body.entries if not n.startswith("task_specific/") and "adam" not in n}
     rng = np.random.default_rng(0)
     tensors.update({n: rng.standard_normal(s).astype(np.float32) for n, s in heads.items()})
     folder.mkdir()
-    tf_bundle.write_bundle(folder / "model.ckpt", tensors)
+    tf1_bundle.write_bundle(folder / "model.ckpt", tensors)
 
 
 def test_squad_and_unknown_task_heads_are_refused_with_the_reason(tmp_path):
@@ -393,7 +394,7 @@ def test_squad_and_unknown_task_heads_are_refused_with_the_reason(tmp_path):
     assert tagged.config.num_labels == 5 and tagged.provenance["task"] == "ner"
     # written back under its own task name, with config.json saying what it is: reads without --head
     convert(tmp_path / "ner", tmp_path / "ner-out", "tf1", head="token-classification")
-    assert "task_specific/ner/dense/kernel" in tf_bundle.BundleReader(tmp_path / "ner-out").entries
+    assert "task_specific/ner/dense/kernel" in tf1_bundle.BundleReader(tmp_path / "ner-out").entries
     assert read(tmp_path / "ner-out").head == "token-classification"
 
 
@@ -445,9 +446,9 @@ def test_written_bundle_is_read_bit_exact_by_tensorflow_and_by_us(name, tmp_path
     out = tmp_path / "out"
     result = convert(src, out, "tf1", read_options=options)  # verified by reading it back
     assert result.report.ok
-    assert sorted(p.name for p in out.iterdir()) >= sorted(
-        ["checkpoint", "config.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index"])
-    theirs, ours = tf_reader(out), tf_bundle.BundleReader(out)
+    assert {p.name for p in out.iterdir()} >= {"checkpoint", "config.json", "model.ckpt.data-00000-of-00001",
+                                               "model.ckpt.index"}
+    theirs, ours = tf_reader(out), tf1_bundle.BundleReader(out)
     assert theirs.get_variable_to_shape_map() == {n: list(s) for n, s in ours.shapes().items()}
     for n in ours.entries:
         a, b = ours.read(n), theirs.get_tensor(n)
@@ -458,8 +459,8 @@ def test_written_bundle_is_read_bit_exact_by_tensorflow_and_by_us(name, tmp_path
 def test_written_names_are_google_research_names(tmp_path):
     convert(PRE, tmp_path / "d", "tf1")
     convert(PRE, tmp_path / "g", "tf1", read_options={"net": "generator"})
-    source = set(google_tf1.survey(tf_bundle.BundleReader(PRE).shapes()).shapes)
-    disc, gen = (set(tf_bundle.BundleReader(tmp_path / x).entries) for x in "dg")
+    source = set(tf1.survey(tf1_bundle.BundleReader(PRE).shapes()).shapes)
+    disc, gen = (set(tf1_bundle.BundleReader(tmp_path / x).entries) for x in "dg")
     assert disc | gen == source  # together: every variable of the original, under its original name
     assert "discriminator_predictions/dense_1/kernel" in disc and "generator/embeddings_project/kernel" in gen
     assert "electra/embeddings/word_embeddings" in gen  # the shared embeddings
@@ -483,10 +484,10 @@ def test_untied_generator_cannot_be_written(tmp_path):
 
 
 def test_hparams_detection_and_sizes():
-    assert google_tf1.is_hparams({"model_size": "base"}) and not google_tf1.is_hparams({"model_type": "electra"})
-    base = google_tf1.hparams_config({"model_size": "base", "generator_hidden_size": 0.33333}, "generator")
+    assert tf1_config.is_hparams({"model_size": "base"}) and not tf1_config.is_hparams({"model_type": "electra"})
+    base = tf1_config.hparams_config({"model_size": "base", "generator_hidden_size": 0.33333}, "generator")
     assert (base.hidden_size, base.num_attention_heads, base.intermediate_size, base.embedding_size) == (256, 4, 1024, 768)
-    small = google_tf1.hparams_config({"model_size": "small"}, "discriminator")
+    small = tf1_config.hparams_config({"model_size": "small"}, "discriminator")
     assert (small.hidden_size, small.num_attention_heads, small.embedding_size, small.vocab_size) == (256, 4, 128, 30522)
     assert isinstance(small, ElectraConfig)
 
@@ -494,8 +495,8 @@ def test_hparams_detection_and_sizes():
 # ---- google-research variants: untied generator embeddings, a fully tied generator ------------------
 
 def _model_variables(path) -> dict:
-    bundle = tf_bundle.BundleReader(path)
-    return {n: bundle.read(n) for n in google_tf1.survey(bundle.shapes()).shapes}
+    bundle = tf1_bundle.BundleReader(path)
+    return {n: bundle.read(n) for n in tf1.survey(bundle.shapes()).shapes}
 
 
 @pytest.mark.oracle
@@ -505,7 +506,7 @@ def test_generator_with_untied_embeddings_uses_its_own_table(tmp_path):
     own = {n.replace("electra/embeddings/", "generator/embeddings/"): v + np.float32(0.5)
            for n, v in tensors.items() if n.startswith("electra/embeddings/")}
     (tmp_path / "u").mkdir()
-    tf_bundle.write_bundle(tmp_path / "u" / "model.ckpt", {**tensors, **own})
+    tf1_bundle.write_bundle(tmp_path / "u" / "model.ckpt", {**tensors, **own})
     gen = read(tmp_path / "u", net="generator")
     assert np.array_equal(gen.array("embeddings.word_embeddings.weight"), own["generator/embeddings/word_embeddings"])
     disc = read(tmp_path / "u")
@@ -525,7 +526,7 @@ def test_fully_tied_generator_shares_the_discriminator_body(tmp_path):
             "generator_predictions/output_bias": (d["V"],)}
     tensors.update({n: rng.standard_normal(s).astype(np.float32) for n, s in head.items()})
     (tmp_path / "t").mkdir()
-    tf_bundle.write_bundle(tmp_path / "t" / "model.ckpt", tensors)
+    tf1_bundle.write_bundle(tmp_path / "t" / "model.ckpt", tensors)
     gen, disc = read(tmp_path / "t", net="generator"), read(tmp_path / "t", net="discriminator")
     assert gen.head == "masked-lm" and gen.config.hidden_size == disc.config.hidden_size == d["H"]
     for name in disc.as_head("base").tensors:

@@ -1,0 +1,111 @@
+"""Where a Google TF1 checkpoint's config comes from: a given HF config.json or the original
+ELECTRA hparams JSON, a config.json beside the checkpoint, or the tensor shapes.
+
+Inferred: V, E, P and T from the embedding tables, H from the first layer's query kernel, I
+from its intermediate kernel, L from the layer scopes, the labels from the task head; the
+heads by Google's rule max(1, H // 64); gelu; LayerNorm epsilon 1e-12 (Google's value).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from electra_bridge.schemas import ElectraConfig, SchemaError, google_num_heads
+from electra_bridge.schemas.config import GOOGLE_SIZES
+
+INFERRED = "inferred from the tensor shapes"
+
+#: keys only the original ELECTRA hparams JSON has (configure_pretraining / configure_finetuning)
+_HPARAM_KEYS = {"model_size", "model_hparam_overrides", "generator_hidden_size", "generator_layers",
+                "untied_generator", "untied_generator_embeddings", "task_names", "electra_objective",
+                "num_train_steps", "max_seq_length", "do_lower_case", "model_name", "learning_rate"}
+
+
+def scopes(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """The top-level variable scopes present, for messages."""
+    return ", ".join(sorted({n.split("/")[0] for n in shapes})) or "no model variables"
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]], *, net: str, body: str, embeddings: str,
+                 task: str | None = None) -> ElectraConfig:
+    """The config of ``net`` (encoder under ``body``, tables under ``embeddings``) from the shapes;
+    with ``task``, the labels from its tagging layer."""
+    emb, layer0 = f"{embeddings}/embeddings", f"{body}/encoder/layer_0"
+    needed = [f"{emb}/word_embeddings", f"{emb}/position_embeddings", f"{emb}/token_type_embeddings",
+              f"{layer0}/attention/self/query/kernel", f"{layer0}/intermediate/dense/kernel"]
+    absent = [n for n in needed if n not in shapes]
+    if absent:
+        raise SchemaError(f"cannot infer the {net}'s config: {', '.join(absent)} missing (variables under: "
+                          f"{scopes(shapes)}); pass --config")
+    layers = sorted({int(m.group(1)) for n in shapes if (m := re.match(rf"{re.escape(body)}/encoder/layer_(\d+)/", n))})
+    if layers != list(range(len(layers))):
+        raise SchemaError(f"the {net}'s layers are not numbered 0..L-1: found layer_{layers}")
+    vocab, width = shapes[f"{emb}/word_embeddings"]
+    hidden = shapes[f"{layer0}/attention/self/query/kernel"][1]
+    return ElectraConfig(
+        vocab_size=vocab, embedding_size=width, hidden_size=hidden, num_hidden_layers=len(layers),
+        num_attention_heads=google_num_heads(hidden), intermediate_size=shapes[f"{layer0}/intermediate/dense/kernel"][1],
+        max_position_embeddings=shapes[f"{emb}/position_embeddings"][0],
+        type_vocab_size=shapes[f"{emb}/token_type_embeddings"][0], hidden_act="gelu", layer_norm_eps=1e-12,
+        labels=task_labels(shapes, task) if task else ("LABEL_0", "LABEL_1"))
+
+
+def task_labels(shapes: Mapping[str, tuple[int, ...]], task: str) -> tuple[str, ...]:
+    return tuple(f"LABEL_{i}" for i in range(shapes[f"task_specific/{task}/dense/kernel"][1]))
+
+
+def is_hparams(data: dict) -> bool:
+    return "model_type" not in data and "architectures" not in data and bool(_HPARAM_KEYS & set(data))
+
+
+def hparams_config(h: dict, net: str) -> ElectraConfig:
+    """The config google-research/electra builds from its hparams (util/training_utils.get_bert_config,
+    run_pretraining.get_generator_config, configure_pretraining's embedding_size default)."""
+    size = h.get("model_size", "small")
+    if size not in GOOGLE_SIZES:
+        raise SchemaError(f"hparams model_size {size!r} is not one of {', '.join(GOOGLE_SIZES)}")
+    overrides = dict(h.get("model_hparam_overrides") or {})
+    args = {"hidden_size": GOOGLE_SIZES[size]["hidden_size"], "num_hidden_layers": GOOGLE_SIZES[size]["num_hidden_layers"],
+            "vocab_size": h.get("vocab_size", 30522), **overrides}
+    args.update(num_attention_heads=google_num_heads(args["hidden_size"]), intermediate_size=4 * args["hidden_size"])
+    args.update(overrides)
+    bert = {"hidden_act": "gelu", "max_position_embeddings": 512, "type_vocab_size": 2, **args}
+    embedding = h.get("embedding_size")
+    embedding = embedding if embedding is not None else (128 if size == "small" else bert["hidden_size"])
+    if net == "generator" and h.get("untied_generator", True):
+        hidden = round(bert["hidden_size"] * h.get("generator_hidden_size", 0.25))
+        bert.update(hidden_size=hidden, num_hidden_layers=round(bert["num_hidden_layers"] * h.get("generator_layers", 1.0)),
+                    intermediate_size=4 * hidden, num_attention_heads=google_num_heads(hidden))
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+            "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
+            "initializer_range")
+    return ElectraConfig(embedding_size=embedding, layer_norm_eps=1e-12, **{k: bert[k] for k in keys if k in bert})
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SchemaError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SchemaError(f"config {path} is not a JSON object")
+    return data
+
+
+def given_config(config: str | Path | ElectraConfig | None, folder: Path) -> tuple[ElectraConfig | dict | None, str]:
+    """(an HF config, an hparams dict, or None; where it came from): ``config`` if given, else an
+    HF config.json in ``folder`` (an hparams JSON there is not taken unasked), else None."""
+    if isinstance(config, ElectraConfig):
+        return config, "the config passed in"
+    if config is not None:
+        data = _load_json(Path(config))
+        return (data if is_hparams(data) else ElectraConfig.from_dict(data)), f"--config {config}"
+    beside = folder / "config.json"
+    if beside.is_file():
+        data = _load_json(beside)
+        if not is_hparams(data):
+            return ElectraConfig.from_dict(data), f"{beside}"
+    return None, INFERRED
