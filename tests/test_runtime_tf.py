@@ -70,9 +70,9 @@ def test_release_then_run_again():
 @pytest.mark.parametrize("head", TF_HEADS)
 def test_tf_runtime_equals_live_transformers_tf_class_on_the_h5_fixture(head):
     transformers = pytest.importorskip("transformers")
-    from electra_bridge.converters import hf_h5
+    from electra_bridge.converters.formats import h5
 
-    model = getattr(transformers, hf_h5.TF_MODELS[head][0]).from_pretrained(H5 / head)
+    model = getattr(transformers, h5.TF_MODELS[head][0]).from_pretrained(H5 / head)
     runner = CheckpointRunner(read(H5 / head), "tf")
     for seed, (b, s, k) in enumerate(SHAPES):  # explicit token_type_ids: both segments, padded rows
         batch = probe_batch(runner.config, head, batch=b, seq=s, choices=k, seed=seed + 7)

@@ -1,0 +1,158 @@
+"""Keras' legacy ``save_weights`` h5 container, read and written with h5py alone (no TensorFlow).
+
+A single file (``model.save_weights("x.h5")``, what ``TFElectraFor<Head>.save_pretrained`` writes):
+
+* root attrs ``layer_names`` (the model's top-level Keras layers), ``backend``, ``keras_version``;
+* one group per layer with attr ``weight_names``; each variable is the dataset
+  ``<layer>/<weight name>``, a weight name being ``<instance scope>/<variable path>:0``. The
+  instance scope is not stable (``..._1`` for the second model of a process), so a native
+  name here is the weight name without its scope. A variable listed in another layer's
+  group is named ``<group>/<variable path>``;
+* an empty ``top_level_model_weights`` group.
+
+A shard of ``save_pretrained(max_shard_size=...)`` is flatter: root ``layer_names`` lists
+variable paths (no scope) and each variable is the dataset at that path.
+
+Keras stores string lists as variable-length utf-8 attributes and splits one whose
+fixed-width numpy array would exceed the HDF5 object header (64512 bytes) into ``name0``,
+``name1``, ... (tf_keras ``hdf5_format.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from electra_bridge.schemas import FormatError
+
+from ..engine.format import NativeTensor
+
+#: the tf-keras version whose save_weights layout the writer reproduces (the fixtures' writer)
+KERAS_VERSION = "2.21.0"
+HDF5_OBJECT_HEADER_LIMIT = 64512
+TOP_LEVEL_GROUP = "top_level_model_weights"
+
+
+def _strings(values) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
+
+
+def load_attribute(obj, name: str) -> list[str] | None:
+    """A Keras string-list attribute, joining ``name0``, ``name1``, ... chunks; None if absent."""
+    if name in obj.attrs:
+        return _strings(obj.attrs[name])
+    chunks = []
+    while f"{name}{len(chunks)}" in obj.attrs:
+        chunks.append(_strings(obj.attrs[f"{name}{len(chunks)}"]))
+    return [v for chunk in chunks for v in chunk] if chunks else None
+
+
+def save_attribute(obj, name: str, values: list[str]) -> None:
+    """Store a string list as Keras does: variable-length strings, chunked above the header limit."""
+    import h5py
+
+    if not values:  # Keras writes np.asarray([]): an empty float64 array
+        obj.attrs[name] = np.asarray([])
+        return
+    data = np.asarray([v.encode("utf8") for v in values], dtype=object)
+    # Keras sizes a chunk as its fixed-width numpy array (count x longest), so we chunk where it would
+    chunks = 1
+    while any(len(part) * max(map(len, part)) > HDF5_OBJECT_HEADER_LIMIT for part in np.array_split(data, chunks)):
+        chunks += 1
+    for i, part in enumerate(np.array_split(data, chunks)):
+        obj.attrs.create(name if chunks == 1 else f"{name}{i}", part, dtype=h5py.string_dtype("utf-8"))
+
+
+def open_file(path: Path):
+    try:
+        import h5py
+    except ImportError as exc:  # h5py is a core dependency; this only guards broken installs
+        raise FormatError("reading tf_model.h5 needs h5py: pip install h5py") from exc
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FormatError(f"{path} is not a readable HDF5 file: {exc}") from exc
+
+
+def _tensor(path: Path, name: str, ds) -> NativeTensor:
+    def load(dataset: str = ds.name) -> np.ndarray:
+        with open_file(path) as f:
+            return f[dataset][()]
+    return NativeTensor(name, tuple(ds.shape), ds.dtype, load)
+
+
+def _layer_names(f, path: Path) -> list[str]:
+    layers = load_attribute(f, "layer_names")
+    if layers is None:
+        raise FormatError(f"{path} has no 'layer_names' attribute: not a Keras h5 weights file "
+                          "(save it with TFElectraFor<Head>.save_pretrained)")
+    return [*layers, *([TOP_LEVEL_GROUP] if TOP_LEVEL_GROUP in f else [])]
+
+
+def _listed(f, path: Path) -> Iterator[tuple[str, str, object]]:
+    """(layer or "", weight name as listed, dataset) of every variable ``layer_names`` leads to."""
+    import h5py
+
+    for entry in _layer_names(f, path):
+        obj = f.get(entry)
+        if isinstance(obj, h5py.Dataset):  # a shard: the root lists the variables themselves
+            yield "", entry, obj
+        elif isinstance(obj, h5py.Group):
+            for weight in load_attribute(obj, "weight_names") or []:
+                ds = obj.get(weight)
+                if not isinstance(ds, h5py.Dataset):
+                    raise FormatError(f"{path}: group {entry!r} lists weight {weight!r}, which is not in the file")
+                yield entry, weight, ds
+        else:
+            raise FormatError(f"{path}: layer_names lists {entry!r} but the file has no such group or dataset")
+
+
+def weight_names(path: Path) -> list[str]:
+    """The weight names (instance scope included) the layer groups of a single file list."""
+    with open_file(path) as f:
+        return [weight for layer, weight, _ in _listed(f, path) if layer]
+
+
+def scan(path: Path) -> dict[str, NativeTensor]:
+    """Native name -> tensor for every variable of one file (a single file or a shard), lazily.
+
+    Variables are enumerated through ``layer_names`` and each group's ``weight_names`` (what
+    Keras and transformers load); a dataset no list names is reported under its full path,
+    so strict accounting flags it as unexpected.
+    """
+    import h5py
+
+    found: dict[str, NativeTensor] = {}
+    with open_file(path) as f:
+        listed = set()
+        for layer, weight, ds in _listed(f, path):
+            rest = weight.partition("/")[2] if layer else weight
+            native = rest if not layer or rest.split("/", 1)[0] == layer else f"{layer}/{rest}"
+            if native in found:
+                raise FormatError(f"{path}: weight {native!r} is listed twice")
+            found[native] = _tensor(path, native, ds)
+            listed.add(ds.name)
+        unlisted = []
+        f.visititems(lambda _, obj: unlisted.append(obj) if isinstance(obj, h5py.Dataset)
+                     and obj.name not in listed else None)
+        found.update((ds.name, _tensor(path, ds.name, ds)) for ds in unlisted)
+    return found
+
+
+def write(path: Path, layers: Sequence[str], groups: Mapping[str, Sequence[tuple[str, NativeTensor]]]) -> None:
+    """A single file: ``layers`` in ``layer_names`` order; each group's (weight name, tensor) in
+    ``weight_names`` order, each tensor loaded only when its dataset is written."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        save_attribute(f, "layer_names", list(layers))
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = KERAS_VERSION
+        for layer in sorted(layers):  # Keras creates the groups sorted by name
+            group = f.create_group(layer)
+            save_attribute(group, "weight_names", [name for name, _ in groups[layer]])
+            for name, tensor in groups[layer]:
+                group.create_dataset(name, data=tensor.load())
+        save_attribute(f.create_group(TOP_LEVEL_GROUP), "weight_names", [])
