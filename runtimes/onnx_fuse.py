@@ -1,188 +1,185 @@
 """Rewrite the plain exported graph into ONNX Runtime's fused CPU kernels, in place.
 
 The plain graph (runtimes/ops_onnx.py running runtimes/forward.py) spells every formula
-out. These rewrites recognise exactly the shapes forward.py emits and replace each with
-one kernel of equal math:
+out in standard ops. Each rewrite replaces one block of forward.py with one kernel of
+equal math, and finds the block by its pattern: the subgraph forward.py's own function
+emits over OnnxOps on symbolic inputs (runtimes/ops_onnx.py ``Pattern``), matched node for
+node -- op type, attributes, wiring, constant values -- the way runtimes/torch_fuse.py
+matches forward.py's blocks in torch.fx. Nothing here re-types LayerNorm, GELU, softmax
+or attention, so an edit to forward.py either still matches (same math) or stops fusing
+(slower, never different; tests/test_onnx_fuse.py counts the kernels):
 
-    ReduceMax, Sub, Exp, ReduceSum, Div                       -> Softmax (axis -1)
-    q/k/v dense + head split, QK^T / sqrt(d) + bias, Softmax,
-      context matmul + head merge                             -> com.microsoft Attention
-    LayerNorm of (dense + residual)                           -> com.microsoft SkipLayerNormalization
-    other LayerNorms                                          -> LayerNormalization (opset 17)
-    0.5*x*(1+erf(x/sqrt 2)) of (dense)                        -> com.microsoft BiasGelu (exact erf)
-    other exact GELUs                                         -> com.microsoft Gelu (exact erf)
+    self-attention of forward.encoder_layer (everything
+      the attention output dense reads)                  -> com.microsoft Attention
+    forward.layer_norm(forward.linear(h) + skip)         -> com.microsoft SkipLayerNormalization
+    other forward.layer_norm                             -> LayerNormalization (opset 17)
+    ACTIVATIONS["gelu"](forward.linear(h))               -> com.microsoft BiasGelu (exact erf)
+    other ACTIVATIONS["gelu"]                            -> com.microsoft Gelu (exact erf)
+    forward.softmax outside attention                    -> Softmax (axis -1)
 
-Then, when the output reads token 0 only (sequence classification, multiple choice with
-summary "first"), the token-wise tail of the last layer runs on token 0 alone
-(_first_token_only). Never FastGelu: it is the tanh approximation (4.7e-4 off per
-activation, formats.md section 7). Attention keeps forward.py's additive mask exactly: the raw mask with
-``mask_filter_value`` = finfo(float32).min (ONNX Runtime's default fill is -10000, which
-differs on fully padded rows), and for causal-lm forward's own [B, 1, S, S] bias.
+Why matching and not an OnnxOps subclass whose hooks emit the kernels directly: fuse()
+takes a finished plain graph (the export builds one, then fuses it unless --plain), and
+hooks would need forward.py to route layer_norm/gelu/attention through every ops
+namespace; matching leaves forward.py and the plain graph untouched. Patterns are traced
+with the graph's opset (reductions take axes as attribute or input) and the config (eps,
+head count and size, hidden_act), so they are exactly what the export emitted.
+
+Then, when the output reads token 0 only (forward._first_token: sequence classification,
+multiple choice with summary "first"), the token-wise tail of the last layer runs on
+token 0 alone (_first_token_only). Never FastGelu: it is the tanh approximation of GELU,
+about 4.7e-4 off the exact erf form per activation. Attention keeps forward.py's additive
+mask exactly: the raw mask with ``mask_filter_value`` = finfo(float32).min (ONNX Runtime's
+default fill is -10000, which differs on fully padded rows), and for causal-lm forward's
+own [B, 1, S, S] bias.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import onnx
 from electra_bridge.schemas import ElectraConfig
 from onnx import helper, numpy_helper
 
+from .forward import ACTIVATIONS, _first_token, attention_bias, encoder_layer, layer_norm, linear, softmax
+from .ops_onnx import Index, Pattern
+
 MS = "com.microsoft"
 #: the kernels fuse() produces (its return value counts them)
 FUSED = ("Attention", "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu", "Softmax")
+#: the layer whose self-attention is traced; its weight names are wildcards matching any layer's
+LAYER = "encoder.layer.0"
+SELF = f"{LAYER}.attention.self"
 
 
-class _Index:
-    """Producer/consumer maps and constant lookup over a graph's nodes."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.graph = graph
-        self.inits = {t.name: t for t in graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for o in n.output:
-                self.producer[o] = n
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.outputs = {o.name for o in graph.output}
-
-    def op(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        n = self.producer.get(name)
-        return n if n is not None and n.op_type == op_type else None
-
-    def const(self, name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
-
-    def scalar(self, name: str) -> float | None:
-        v = self.const(name)
-        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
-
-    def is_weight(self, name: str) -> bool:
-        return name in self.inits
-
-    def private(self, name: str, users: int = 1) -> bool:
-        """Only ``users`` nodes read ``name`` and it is not a graph output (safe to fuse away)."""
-        return len(self.consumers[name]) == users and name not in self.outputs
-
-    def axes(self, node: onnx.NodeProto) -> list[int] | None:
-        for a in node.attribute:
-            if a.name == "axes":
-                return list(a.ints)
-        return [int(x) for x in self.const(node.input[1])] if len(node.input) > 1 else None
-
-    def attr(self, node: onnx.NodeProto, name: str):
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+def patterns(cfg: ElectraConfig, opset: int) -> dict[str, Pattern]:
+    """forward.py's blocks as patterns (see the module docstring); inputs are named, weights
+    are ``dense.*`` / ``ln.*`` (and the traced layer's canonical names for attention)."""
+    eps, gelu = cfg.layer_norm_eps, ACTIVATIONS["gelu"]
+    layer = Pattern(lambda ops, p, x, bias: encoder_layer(x, p, 0, cfg, bias, ops), ("x", "bias"), opset)
+    # the self-attention block: everything the attention output dense reads, back to x and bias
+    out_dense = layer.reader(f"{LAYER}.attention.output.dense.weight.T")
+    return {
+        "attention": layer.at(next(i for i in out_dense.input if i not in layer.weights)),
+        "skip_layer_norm": Pattern(lambda ops, p, h, skip: layer_norm(linear(h, p, "dense", ops) + skip, p, "ln",
+                                                                       eps, ops), ("h", "skip"), opset),
+        "layer_norm": Pattern(lambda ops, p, x: layer_norm(x, p, "ln", eps, ops), ("x",), opset),
+        "bias_gelu": Pattern(lambda ops, p, h: gelu(linear(h, p, "dense", ops), ops), ("h",), opset),
+        "gelu": Pattern(lambda ops, p, x: gelu(x, ops), ("x",), opset),
+        "softmax": Pattern(lambda ops, p, x: softmax(x, ops), ("x",), opset),
+        "padding_bias": Pattern(lambda ops, p, m: attention_bias(m, False, ops), ("mask",), opset),
+        "causal_bias": Pattern(lambda ops, p, m: attention_bias(m, True, ops), ("mask",), opset),
+        "first_token": Pattern(lambda ops, p, h: _first_token(h, ops), ("h",), opset),
+    }
 
 
-def _other(node: onnx.NodeProto, name: str) -> str | None:
-    """The other input of a binary node, given one of them."""
-    a, b = node.input
-    return b if a == name else a if b == name else None
+class _Fuser:
+    """The passes of fuse(); each replacement returns the nodes writing the match's output, or None."""
 
+    def __init__(self, model: onnx.ModelProto, cfg: ElectraConfig, quantizable: bool):
+        self.model, self.cfg, self.quantizable = model, cfg, quantizable
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        self.p = patterns(cfg, opset)
+        self.new_inits: list[onnx.TensorProto] = []
+        self.masks: dict[str, tuple[str, bool] | None] = {}   # additive bias -> (raw 0/1 mask, causal)
+        self.made: set[str] = set()                            # mask tensors already computed
 
-def _near(value: float | None, target: float, tol: float = 1e-6) -> bool:
-    return value is not None and abs(value - target) <= tol * max(1.0, abs(target))
+    def run(self) -> None:
+        p = self.p
+        self.rewrite([(p["attention"], self.attention)])
+        self.rewrite([(p["skip_layer_norm"], self.skip_layer_norm), (p["layer_norm"], self.layer_norm)])
+        self.rewrite([(p["bias_gelu"], self.bias_gelu), (p["gelu"], self.gelu)])
+        self.rewrite([(p["softmax"], self.softmax)])
+        _first_token_only(self.model, p["first_token"])
 
+    def rewrite(self, rules) -> None:
+        """Replace every match (found on the graph as it was before this pass), then drop dead
+        nodes. A match is taken only if no tensor inside it is read from outside it (nothing
+        would be computed twice) and it shares no node with an earlier match."""
+        graph = self.model.graph
+        ix = Index(graph)
+        taken: set[str] = set()
+        nodes = []
+        for node in graph.node:
+            for pattern, replace in rules:
+                found = pattern.match(ix, node.output[0]) if node.op_type == pattern.op_type else None
+                inside = pattern.private_nodes(ix, found) if found else None
+                replacement = replace(ix, found, node) if inside and not inside & taken else None
+                if replacement is not None:
+                    taken |= inside
+                    nodes += replacement
+                    break
+            else:
+                nodes.append(node)
+        graph.initializer.extend(self.new_inits)
+        self.new_inits = []
+        del graph.node[:]
+        graph.node.extend(_toposort(nodes, graph))
+        _prune(self.model)
 
-# ---- matchers: each returns the replacement nodes for the pattern ending at ``node``, or None ------
+    # ---- replacements -------------------------------------------------------------------------
+    def softmax(self, ix, m, node):
+        return [helper.make_node("Softmax", [m["x"]], [node.output[0]], name=f"{node.name}_softmax", axis=-1)]
 
-def _softmax(ix: _Index, node) -> list | None:
-    if node.op_type != "Div":
-        return None
-    e_name, s_name = node.input
-    s, e = ix.op(s_name, "ReduceSum"), ix.op(e_name, "Exp")
-    if s is None or e is None or s.input[0] != e_name or ix.axes(s) != [-1]:
-        return None
-    sh = ix.op(e.input[0], "Sub")
-    mx = sh and ix.op(sh.input[1], "ReduceMax")
-    if mx is None or mx.input[0] != sh.input[0] or ix.axes(mx) != [-1]:
-        return None
-    return [helper.make_node("Softmax", [sh.input[0]], [node.output[0]], name=f"{node.name}_softmax", axis=-1)]
+    def layer_norm(self, ix, m, node):
+        return [helper.make_node("LayerNormalization", [m["x"], m["ln.weight"], m["ln.bias"]], [node.output[0]],
+                                 name=f"{node.name}_layernorm", axis=-1, epsilon=self.cfg.layer_norm_eps)]
 
+    def skip_layer_norm(self, ix, m, node):
+        product = m[self.p["skip_layer_norm"].reader("dense.weight.T").output[0]]      # h @ W, before + b
+        inputs = [product, m["skip"], m["ln.weight"], m["ln.bias"], m["dense.bias"]]
+        return [helper.make_node("SkipLayerNormalization", inputs, [node.output[0]], name=f"{node.name}_layernorm",
+                                 domain=MS, epsilon=self.cfg.layer_norm_eps)]
 
-def _dense(ix: _Index, name: str):
-    """``name`` = Add(MatMul(x, W), b) with weights W [in, out] and b [out] -> (x, W, b, matmul output)."""
-    add = ix.op(name, "Add")
-    if add is None:
-        return None
-    for mm_out in add.input:
-        mm, bias = ix.op(mm_out, "MatMul"), _other(add, mm_out)
-        if mm is not None and ix.is_weight(bias) and ix.is_weight(mm.input[1]):
-            return mm.input[0], mm.input[1], bias, mm_out
-    return None
+    def gelu(self, ix, m, node):
+        return [helper.make_node("Gelu", [m["x"]], [node.output[0]], name=f"{node.name}_gelu", domain=MS)]
 
+    def bias_gelu(self, ix, m, node):
+        if ix.const(m["dense.bias"]).ndim != 1:
+            return None
+        product = m[self.p["bias_gelu"].reader("dense.weight.T").output[0]]
+        return [helper.make_node("BiasGelu", [product, m["dense.bias"]], [node.output[0]],
+                                 name=f"{node.name}_biasgelu", domain=MS)]
 
-def _heads_split(ix: _Index, name: str, num_heads: int, head_dim: int):
-    """``name`` = Transpose(Reshape(dense, [B, S, N, d]), 0 2 1 3) -> dense match."""
-    tr = ix.op(name, "Transpose")
-    rs = tr and ix.op(tr.input[0], "Reshape")
-    if rs is None or ix.attr(tr, "perm") != [0, 2, 1, 3]:
-        return None
-    shape = ix.op(rs.input[1], "Concat")
-    if shape is None or len(shape.input) != 4 or [ix.scalar(s) for s in shape.input[2:]] != [num_heads, head_dim]:
-        return None
-    return _dense(ix, rs.input[0])
-
-
-def _attention(ix: _Index, node, cfg: ElectraConfig, state: dict) -> list | None:
-    if node.op_type != "MatMul":
-        return None
-    n_heads, d = cfg.num_attention_heads, cfg.head_dim
-    probs = ix.op(node.input[0], "Softmax")
-    scored = probs and ix.op(probs.input[0], "Add")
-    if scored is None or ix.attr(probs, "axis") not in (-1, 3):
-        return None
-    scaled_name = next((i for i in scored.input if ix.op(i, "Div")), None)
-    if scaled_name is None:
-        return None
-    bias = _other(scored, scaled_name)
-    scaled = ix.op(scaled_name, "Div")
-    divisor = ix.scalar(scaled.input[1])
-    qk = ix.op(scaled.input[0], "MatMul")
-    kt = qk and ix.op(qk.input[1], "Transpose")
-    if divisor is None or kt is None or ix.attr(kt, "perm") != [0, 1, 3, 2]:
-        return None
-    q, k, v = (_heads_split(ix, n, n_heads, d) for n in (qk.input[0], kt.input[0], node.input[1]))
-    if not (q and k and v) or len({q[0], k[0], v[0]}) != 1:
-        return None
-    merge = ix.consumers[node.output[0]]
-    if len(merge) != 1 or merge[0].op_type != "Transpose" or ix.attr(merge[0], "perm") != [0, 2, 1, 3]:
-        return None
-    reshape = ix.consumers[merge[0].output[0]]
-    if len(reshape) != 1 or reshape[0].op_type != "Reshape":
-        return None
-    attrs = {"num_heads": n_heads}
-    if not _near(divisor, math.sqrt(d)):
-        attrs["scale"] = 1.0 / divisor
-    mask_index, nodes = _mask_index(ix, bias, state)
-    if mask_index is None:
-        return None
-    causal = state["causal"][bias]
-    if causal and not state["quantizable"]:
-        full = f"{bias}/expanded"                                          # exact, fully padded rows too
-        mask_inputs = ["", "", full]                                        # (mask_index, past, attention_bias)
-        nodes = [] if bias in state["expanded"] else _expand_bias(bias, full)
-        state["expanded"].add(bias)
-    else:
-        attrs["mask_filter_value"] = float(np.finfo(np.float32).min)      # forward.py's fill, not ORT's -10000
-        attrs.update({"unidirectional": 1} if causal else {})
-        mask_inputs = [mask_index]
-    x, out = q[0], reshape[0].output[0]
-    state["drop"].update({merge[0].name, reshape[0].name})                    # Attention writes ``out`` itself
-    weight = np.concatenate([ix.const(m[1]) for m in (q, k, v)], axis=1)      # [H, 3H]: q | k | v
-    qkv_bias = np.concatenate([ix.const(m[2]) for m in (q, k, v)])            # [3H]
-    # name the packed tensors after the layer: encoder.layer.{i}.attention.self.qkv.{weight,bias}
-    suffix = ".query.weight.T"
-    prefix = q[1][:-len(suffix)] if q[1].endswith(suffix) else f"attention_{len(state['new_inits']) // 2}"
-    w_name, b_name = f"{prefix}.qkv.weight", f"{prefix}.qkv.bias"                   # [H, 3H] ([in, out]), [3H]
-    state["new_inits"] += [numpy_helper.from_array(weight.astype(np.float32), w_name),
+    def attention(self, ix, m, node):
+        """com.microsoft Attention over packed q|k|v weights (see fuse() for the mask)."""
+        mask = self.mask(ix, m["bias"])
+        if mask is None:
+            return None
+        (raw, causal), bias = mask, m["bias"]
+        attrs, nodes = {"num_heads": self.cfg.num_attention_heads}, []
+        if causal and not self.quantizable:
+            full = f"{bias}/expanded"                                      # exact, fully padded rows too
+            mask_inputs = ["", "", full]                                    # (mask_index, past, attention_bias)
+            nodes = [] if full in self.made else _expand_bias(bias, full)
+            self.made.add(full)
+        else:
+            attrs["mask_filter_value"] = float(np.finfo(np.float32).min)  # forward.py's fill, not ORT's -10000
+            attrs.update({"unidirectional": 1} if causal else {})
+            index = f"{raw}/int32"
+            mask_inputs = [index]
+            if index not in self.made:
+                nodes = [helper.make_node("Cast", [raw], [index], name=f"{index}_cast", to=onnx.TensorProto.INT32)]
+                self.made.add(index)
+        weights = [m[f"{SELF}.{n}.weight.T"] for n in ("query", "key", "value")]
+        weight = np.concatenate([ix.const(w) for w in weights], axis=1)               # [H, 3H]: q | k | v
+        qkv_bias = np.concatenate([ix.const(m[f"{SELF}.{n}.bias"]) for n in ("query", "key", "value")])
+        # name the packed tensors after the layer: encoder.layer.{i}.attention.self.qkv.{weight,bias}
+        suffix = ".query.weight.T"
+        prefix = weights[0][:-len(suffix)] if weights[0].endswith(suffix) else f"attention_{node.name}"
+        w_name, b_name = f"{prefix}.qkv.weight", f"{prefix}.qkv.bias"                 # [H, 3H] ([in, out]), [3H]
+        self.new_inits += [numpy_helper.from_array(weight.astype(np.float32), w_name),
                            numpy_helper.from_array(qkv_bias.astype(np.float32), b_name)]
-    return [*nodes, helper.make_node("Attention", [x, w_name, b_name, *mask_inputs], [out],
-                                     name=f"{prefix}.attention", domain=MS, **attrs)]
+        return [*nodes, helper.make_node("Attention", [m["x"], w_name, b_name, *mask_inputs], [node.output[0]],
+                                         name=f"{prefix}.attention", domain=MS, **attrs)]
+
+    def mask(self, ix, bias: str) -> tuple[str, bool] | None:
+        """(raw 0/1 mask, causal) behind the additive ``bias``: which forward.attention_bias made it."""
+        if bias not in self.masks:
+            padding, causal = self.p["padding_bias"].match(ix, bias), self.p["causal_bias"].match(ix, bias)
+            self.masks[bias] = (padding["mask"], False) if padding else (causal["mask"], True) if causal else None
+        return self.masks[bias]
 
 
 def _expand_bias(bias: str, full: str) -> list:
@@ -196,102 +193,13 @@ def _expand_bias(bias: str, full: str) -> list:
     ]
 
 
-def _mask_index(ix: _Index, bias: str, state: dict):
-    """The int32 [B, S] 0/1 mask behind the additive ``bias``, and the nodes making it.
-
-    Walks up from the bias to the Cast of the integer attention mask
-    (forward.attention_bias); a LessOrEqual on the way marks the causal mask
-    (state["causal"][bias]).
-    """
-    if bias in state["index"]:
-        return state["index"][bias], []
-    seen, todo, cast, causal = set(), [bias], None, False
-    while todo:
-        node = ix.producer.get(todo.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        causal |= node.op_type == "LessOrEqual"
-        if node.op_type == "Cast" and cast is None and not ix.op(node.input[0], "LessOrEqual"):
-            cast = node
-            continue
-        todo += list(node.input)
-    if cast is None:
-        return None, []
-    index = f"{cast.input[0]}/int32"
-    state["index"][bias], state["causal"][bias] = index, causal
-    return index, [helper.make_node("Cast", [cast.input[0]], [index], name=f"{index}_cast", to=onnx.TensorProto.INT32)]
-
-
-def _layer_norm(ix: _Index, node) -> list | None:
-    """Add(Mul(Div(x - mean, sqrt(var + eps)), gamma), beta) as forward.layer_norm emits it."""
-    if node.op_type != "Add":
-        return None
-    scaled_name = next((i for i in node.input if ix.op(i, "Mul")), None)
-    beta = scaled_name and _other(node, scaled_name)
-    if scaled_name is None or not ix.is_weight(beta):
-        return None
-    scaled = ix.op(scaled_name, "Mul")
-    div_name = next((i for i in scaled.input if ix.op(i, "Div")), None)
-    gamma = div_name and _other(scaled, div_name)
-    if div_name is None or not ix.is_weight(gamma):
-        return None
-    div = ix.op(div_name, "Div")
-    centered, sq = ix.op(div.input[0], "Sub"), ix.op(div.input[1], "Sqrt")
-    plus_eps = sq and ix.op(sq.input[0], "Add")
-    if centered is None or plus_eps is None:
-        return None
-    var = next((ix.op(i, "ReduceMean") for i in plus_eps.input if ix.op(i, "ReduceMean")), None)
-    eps = var and ix.scalar(_other(plus_eps, var.output[0]))
-    square = var and ix.op(var.input[0], "Mul")
-    mean = ix.op(centered.input[1], "ReduceMean")
-    x = centered.input[0]
-    if (eps is None or square is None or list(square.input) != [div.input[0]] * 2 or mean is None
-            or mean.input[0] != x or ix.axes(mean) != [-1] or ix.axes(var) != [-1]):
-        return None
-    out, name = node.output[0], f"{node.name}_layernorm"
-    residual = ix.op(x, "Add")
-    if residual is not None and ix.private(x, users=2):                     # x = dense + skip
-        for dense_out in residual.input:
-            dense = _dense(ix, dense_out)
-            if dense is not None and ix.private(dense_out):
-                skip = _other(residual, dense_out)
-                return [helper.make_node("SkipLayerNormalization", [dense[3], skip, gamma, beta, dense[2]], [out],
-                                         name=name, domain=MS, epsilon=eps)]
-    return [helper.make_node("LayerNormalization", [x, gamma, beta], [out], name=name, axis=-1, epsilon=eps)]
-
-
-def _gelu(ix: _Index, node) -> list | None:
-    """Mul(Mul(0.5, x), Add(1, Erf(Mul(x, 1/sqrt 2)))) as forward's exact "gelu" emits it."""
-    if node.op_type != "Mul":
-        return None
-    for half_name in node.input:
-        half, plus = ix.op(half_name, "Mul"), ix.op(_other(node, half_name), "Add")
-        if half is None or plus is None:
-            continue
-        erf = next((ix.op(i, "Erf") for i in plus.input if ix.op(i, "Erf")), None)
-        if erf is None or not _near(ix.scalar(_other(plus, erf.output[0])), 1.0):
-            continue
-        inner = ix.op(erf.input[0], "Mul")
-        x = next((i for i in half.input if _near(ix.scalar(_other(half, i)), 0.5)), None)
-        if (inner is None or x is None or x not in inner.input
-                or not _near(ix.scalar(_other(inner, x)), 1 / math.sqrt(2))):
-            continue
-        dense = _dense(ix, x)
-        if dense is not None and ix.private(x, users=2) and len(ix.const(dense[2]).shape) == 1:
-            return [helper.make_node("BiasGelu", [dense[3], dense[2]], [node.output[0]], name=f"{node.name}_biasgelu",
-                                     domain=MS)]
-        return [helper.make_node("Gelu", [x], [node.output[0]], name=f"{node.name}_gelu", domain=MS)]
-    return None
-
-
-# ---- driver --------------------------------------------------------------------------------------
+# ---- token 0 only --------------------------------------------------------------------------------
 
 #: kernels that act on each token independently (weights must be initializers, see _token_wise)
 TOKEN_WISE = {"MatMul", "Add", "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "Gelu"}
 
 
-def _token_wise(ix: _Index, node) -> bool:
+def _token_wise(ix: Index, node) -> bool:
     if node.op_type not in TOKEN_WISE:
         return False
     if node.op_type in ("MatMul", "Add"):                         # x @ W or x + b with W, b weights
@@ -299,37 +207,34 @@ def _token_wise(ix: _Index, node) -> bool:
     return True
 
 
-def _reads_no_token_axis(ix: _Index, node) -> bool:
-    """A Shape node reading dimensions other than axis 1 (the batch or hidden size)."""
-    if node.op_type != "Shape":
-        return False
-    start, end = ix.attr(node, "start") or 0, ix.attr(node, "end")
-    return end is not None and (end <= 1 or start >= 2) and start >= 0
+def _first_token_only(model: onnx.ModelProto, first_token: Pattern) -> int:
+    """When the output reads only token 0 (a match of forward._first_token: sequence
+    classification, multiple choice with summary "first"), compute the token-wise tail of
+    the last layer (attention output dense, LayerNorms, feed-forward) for token 0 alone
+    instead of all S tokens.
 
-
-def _first_token_only(model: onnx.ModelProto) -> int:
-    """When the output reads only token 0 (``h[:, 0:1, :]``: sequence classification, multiple
-    choice with summary "first"), compute the token-wise tail of the last layer (attention
-    output dense, LayerNorms, feed-forward) for token 0 alone instead of all S tokens.
-
-    The tail is the set of token-wise nodes all of whose readers are in the tail or are the
-    slice; every activation entering it from outside (the Attention output, the residual)
-    is sliced to token 0 first. Same numbers per token, ~1/16 less work for a 12-layer model.
-    Returns the number of slices moved.
+    The tail is the set of token-wise nodes all of whose readers are in the tail or in the
+    match; every activation entering it from outside (the Attention output, the residual)
+    goes through a copy of the match's Slice first (the match itself then slices a
+    one-token tensor, a no-op). Same numbers per token, ~1/16 less work for a 12-layer
+    model. Returns the number of slices added.
     """
     graph = model.graph
-    ix = _Index(graph)
+    ix = Index(graph)
     moved = 0
-    for sl in [n for n in graph.node if n.op_type == "Slice" and len(n.input) >= 4]:
-        if [ix.const(i).tolist() if ix.const(i) is not None else None for i in sl.input[1:4]] != [[0], [1], [1]]:
+    for anchor in [n.output[0] for n in graph.node if n.op_type == first_token.op_type]:
+        found = first_token.match(ix, anchor)
+        matched = first_token.nodes(ix, found) if found else {}
+        sl = next((n for n in matched.values() if n.op_type == "Slice"), None)
+        if sl is None:
             continue
         tail: set[str] = set()
         for node in reversed(list(graph.node)):
             readers = [c for o in node.output for c in ix.consumers[o]]
             if (_token_wise(ix, node) and readers and not set(node.output) & ix.outputs
-                    and all(c.name in tail or c.name == sl.name or _reads_no_token_axis(ix, c) for c in readers)):
+                    and all(c.name in tail or c.name in matched for c in readers)):
                 tail.add(node.name)
-        if not tail or ix.producer.get(sl.input[0]) is None or ix.producer[sl.input[0]].name not in tail:
+        if ix.producer.get(found["h"]) is None or ix.producer[found["h"]].name not in tail:
             continue
         produced = {o for n in graph.node if n.name in tail for o in n.output}
         sliced: dict[str, str] = {}
@@ -340,36 +245,18 @@ def _first_token_only(model: onnx.ModelProto) -> int:
                 if name and name not in produced and not ix.is_weight(name):
                     if name not in sliced:
                         sliced[name] = f"{name}/first_token"
-                        graph.node.append(helper.make_node("Slice", [name, *sl.input[1:4]], [sliced[name]],
+                        graph.node.append(helper.make_node("Slice", [name, *sl.input[1:]], [sliced[name]],
                                                            name=f"{name}/first_token_node"))
                     node.input[k] = sliced[name]
         moved += len(sliced)
         nodes = _toposort(list(graph.node), graph)
         del graph.node[:]
         graph.node.extend(nodes)
-        ix = _Index(graph)
+        ix = Index(graph)
     return moved
 
 
-def _rewrite(model: onnx.ModelProto, matcher, state: dict) -> None:
-    """Replace every match (found on the graph as it was before this pass), then drop dead nodes.
-
-    A matcher returns the nodes replacing the one it matched at (they write its output) or
-    None; it may add initializers to state["new_inits"] and name nodes to drop in state["drop"].
-    """
-    graph = model.graph
-    ix = _Index(graph)
-    nodes = []
-    for node in graph.node:
-        replacement = matcher(ix, node)
-        nodes += [node] if replacement is None else replacement
-    graph.initializer.extend(state["new_inits"])
-    state["new_inits"] = []
-    nodes = [n for n in nodes if n.name not in state["drop"]]
-    del graph.node[:]
-    graph.node.extend(_toposort(nodes, graph))
-    _prune(model)
-
+# ---- graph plumbing ------------------------------------------------------------------------------
 
 def _toposort(nodes: list, graph: onnx.GraphProto) -> list:
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -403,7 +290,7 @@ def _prune(model: onnx.ModelProto) -> None:
 
 
 def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, quantizable: bool = False) -> dict[str, int]:
-    """Fuse ``model`` (a plain graph from converters/onnx_export.build_model) in place.
+    """Fuse ``model`` (a plain graph from converters/formats/onnx.py build_model) in place.
 
     Attention gets the raw 0/1 mask (``mask_index`` [B, S] int32) with ``mask_filter_value``
     = finfo(float32).min, which is forward.py's additive mask exactly (every row, fully
@@ -413,15 +300,11 @@ def fuse(model: onnx.ModelProto, cfg: ElectraConfig, *, quantizable: bool = Fals
     then leaks into the logits), so quantizable graphs use ``unidirectional=1`` instead,
     equal except on fully padded rows (where the causal and padding fills add to -inf).
 
-    Returns how many of each fused kernel were created. Softmax goes first (Attention
-    matches on it), LayerNorm before GELU (BiasGelu and SkipLayerNorm share no nodes).
+    Returns how many of each fused kernel the graph holds. Attention goes first (its
+    pattern holds forward's softmax and the q/k/v dense layers), residual LayerNorms before
+    plain ones, BiasGelu before Gelu.
     """
-    state = {"expanded": set(), "new_inits": [], "drop": set(), "quantizable": quantizable, "index": {}, "causal": {}}
-    _rewrite(model, _softmax, state)
-    _rewrite(model, lambda ix, node: _attention(ix, node, cfg, state), state)
-    _rewrite(model, _layer_norm, state)
-    _rewrite(model, _gelu, state)
-    _first_token_only(model)
+    _Fuser(model, cfg, quantizable).run()
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     ops = Counter(n.op_type for n in model.graph.node)

@@ -15,13 +15,19 @@ the reference. Dtype contract: float tensors are float32, ids and shape pieces i
 transposed initializers named ``<canonical name>.T`` (layout [in, out], so a dense layer
 is a plain MatMul + Add as ONNX Runtime's kernels want) and returns an
 ``onnx.ModelProto``. Initializers keep canonical names; constants are named ``/const_*``.
-Needs the ``onnx`` package.
+
+``Pattern(fn, inputs, opset)`` runs a block of forward.py the same way on symbolic inputs
+and keeps the subgraph it emits; ``Pattern.match`` finds that subgraph in a built graph
+(read through ``Index``). runtimes/onnx_fuse.py finds the blocks it fuses this way, so the
+fused graph has no second spelling of the math either. Needs the ``onnx`` package.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -64,6 +70,11 @@ class GraphBuilder:
             self.initializers[name] = array
             self._consts[key] = name
         return self._consts[key]
+
+    @property
+    def constants(self) -> set[str]:
+        """Names of the ``const`` initializers (the others are weights)."""
+        return set(self._consts.values())
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         if name in self.initializers:
@@ -235,3 +246,120 @@ class OnnxOps(BaseOps):
 
     def less_equal(self, a, b) -> Sym:
         return self.to_float(self._n("LessOrEqual", a, b))
+
+
+# ---- patterns: forward.py's blocks as subgraphs to find in an emitted graph ------------------------
+
+class Index:
+    """Producer/consumer maps and constant lookup over a graph (what ``Pattern.match`` reads)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in graph.node:
+            for o in n.output:
+                self.producer[o] = n
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.outputs = {o.name for o in graph.output}
+
+    def const(self, name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
+
+    def is_weight(self, name: str) -> bool:
+        return name in self.inits
+
+
+class _Weights(dict):
+    """``p[name]``: a weight named ``name``, created on first use (any shape: only wiring matters)."""
+
+    def __init__(self, ops: OnnxOps):
+        super().__init__()
+        self.ops = ops
+
+    def __missing__(self, name: str) -> Sym:
+        self[name] = self.ops.param(name, np.zeros((1, 1), FLOAT))
+        return self[name]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class Pattern:
+    """The subgraph ``fn(ops, p, *inputs)`` emits over OnnxOps (opset ``opset``), to match in a graph.
+
+    ``fn`` is built from forward.py's functions; ``p`` hands out weights by name. The
+    pattern is finished by ``GraphBuilder.model`` like the export, so weight transposes are
+    folded into ``<name>.T`` there too. Its tensors match a graph's tensors as follows:
+    an input (named by ``inputs``) any tensor, a weight any initializer, a constant an
+    initializer of equal dtype, shape and value, a node's output the output of a node with
+    the same domain, op type and attributes whose inputs match in order. The same pattern
+    tensor must match the same graph tensor everywhere. The match ends in the ``anchor``
+    tensor: the block's output, or an inner tensor chosen with ``at``.
+    """
+
+    def __init__(self, fn: Callable, inputs: Sequence[str], opset: int):
+        g = GraphBuilder(opset)
+        ops = OnnxOps(g)
+        out = fn(ops, _Weights(ops), *(g.input(name, []) for name in inputs))
+        graph = g.model({"out": (out, [])}).graph
+        self.nodes_by_output = {o: n for n in graph.node for o in n.output}
+        self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in g.constants}
+        self.weights = {t.name for t in graph.initializer} - set(self.consts)
+        self._select("out")
+
+    def _select(self, anchor: str) -> None:
+        self.anchor, self.inner, todo = anchor, [], [anchor]     # inner: tensors produced inside the match
+        while todo:
+            name = todo.pop()
+            if name in self.nodes_by_output and name not in self.inner:
+                self.inner.append(name)
+                todo += list(self.nodes_by_output[name].input)
+        self.op_type = self.nodes_by_output[anchor].op_type
+
+    def at(self, anchor: str) -> Pattern:
+        """The same pattern ending in ``anchor`` (an inner tensor): what computes it."""
+        sub = copy.copy(self)
+        sub._select(anchor)
+        return sub
+
+    def reader(self, name: str) -> onnx.NodeProto:
+        """The pattern node reading ``name`` (a weight read once, say)."""
+        return next(n for n in self.nodes_by_output.values() if name in n.input)
+
+    def match(self, ix: Index, tensor: str) -> dict[str, str] | None:
+        """pattern tensor name -> graph tensor name, if the block computes ``tensor``; else None."""
+        bound: dict[str, str] = {}
+
+        def same(p: str, t: str) -> bool:
+            if p in bound:
+                return bound[p] == t
+            bound[p] = t
+            if p in self.consts:
+                v, want = ix.const(t), self.consts[p]
+                return v is not None and v.dtype == want.dtype and v.shape == want.shape and bool(np.all(v == want))
+            if p in self.weights:
+                return ix.is_weight(t)
+            pn, tn = self.nodes_by_output.get(p), ix.producer.get(t)
+            if pn is None:                                        # an input of the pattern
+                return True
+            return (tn is not None and (tn.domain, tn.op_type, len(tn.input)) == (pn.domain, pn.op_type, len(pn.input))
+                    and list(tn.output).index(t) == list(pn.output).index(p) and _attrs(tn) == _attrs(pn)
+                    and all(same(a, b) for a, b in zip(pn.input, tn.input)))
+
+        return bound if same(self.anchor, tensor) else None
+
+    def nodes(self, ix: Index, found: Mapping[str, str]) -> dict[str, onnx.NodeProto]:
+        """The graph's nodes in the match ``found``, by name."""
+        return {n.name: n for n in (ix.producer[found[p]] for p in self.inner)}
+
+    def private_nodes(self, ix: Index, found: Mapping[str, str]) -> set[str] | None:
+        """The match's node names if nothing outside it reads a tensor inside it (but the anchor), else None."""
+        names = set(self.nodes(ix, found))
+        for p in self.inner:
+            t = found[p]
+            if p != self.anchor and (t in ix.outputs or any(c.name not in names for c in ix.consumers[t])):
+                return None
+        return names
