@@ -47,9 +47,15 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists() and not Path(f"{path}.index").exists():
         raise FormatError(f"{path} does not exist")
+    reasons = []
     for fmt in all_formats():
-        if fmt.detect(path):
-            return fmt.name
+        try:
+            if fmt.detect(path):
+                return fmt.name
+        except FormatError as exc:   # files of this format that do not make one checkpoint: say why
+            reasons.append(exc)
+    if reasons:
+        raise reasons[0]
     raise FormatError(f"{path}: no known ELECTRA format found (known: {', '.join(FORMATS)})")
 
 

@@ -532,3 +532,13 @@ def test_fully_tied_generator_shares_the_discriminator_body(tmp_path):
     for name in disc.as_head("base").tensors:
         assert np.array_equal(gen.array(name), disc.array(name)), name
     assert np.array_equal(gen.array("generator_predictions.dense.weight"), tensors["generator_predictions/dense/kernel"].T)
+
+
+def test_a_folder_of_several_bundles_says_which_to_pass(tmp_path):
+    for step in ("1000", "2000"):
+        for f in PRE.glob("model.ckpt-1000.*"):
+            shutil.copy(f, tmp_path / f.name.replace("1000", step))
+    with pytest.raises(FormatError, match="several TF1 checkpoints"):
+        read(tmp_path)
+    proc = run_cli("inspect", tmp_path)
+    assert proc.returncode == 2 and "several TF1 checkpoints" in proc.stderr

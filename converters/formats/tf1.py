@@ -344,9 +344,16 @@ class Tf1Codec:
     file, the prefix or any of its files); tensors are read lazily, written one at a time."""
 
     def locate(self, path: Path) -> Path | None:
+        """The bundle's .index, or None where nothing TF1-like is; a folder that does hold TF1 files
+        but no single bundle (several and no ``checkpoint`` file, a ``checkpoint`` file naming a
+        missing prefix) raises FormatError saying which to pass."""
         try:
             index = tf1_bundle.index_path(tf1_bundle.resolve_prefix(path))
-        except (OSError, FormatError):
+        except FormatError:
+            if path.is_dir() and ((path / "checkpoint").is_file() or any(path.glob("*.index"))):
+                raise
+            return None
+        except OSError:
             return None
         return index if has_table_magic(index) else None
 
