@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, HEADS, assert_same_tensors, golden, max_abs, run_cli, run_python
 
-from electra_bridge.converters import FORMATS, convert, detect_format, hf_flax, inspect, read, write
+from electra_bridge.converters import FORMATS, convert, detect_format, inspect, read, write
+from electra_bridge.converters.engine import pipeline
+from electra_bridge.converters.engine.rules import bind
+from electra_bridge.converters.formats import msgpack as flax_format
+from electra_bridge.converters.formats import msgpack_flax
 from electra_bridge.schemas import FormatError, SchemaError
 
 FLAX = FIXTURES / "hf-flax"
@@ -35,7 +39,7 @@ FLAX_CLASS = {h: "Flax" + c for h, c in {
 
 
 def tree(path: Path) -> dict[str, np.ndarray]:
-    return hf_flax.decode((path / hf_flax.WEIGHTS).read_bytes())
+    return msgpack_flax.decode((path / flax_format.WEIGHTS).read_bytes())
 
 
 # ---- reading transformers' files ------------------------------------------------------------------
@@ -53,29 +57,30 @@ def test_reader_gives_the_pytorch_tensors_bit_for_bit(name):
 def test_writer_reproduces_transformers_bytes(name, tmp_path):
     """Our encoder, fed the canonical tensors, writes exactly the bytes flax.serialization wrote."""
     flax_dir, _ = PAIRS[name]
-    original = (flax_dir / hf_flax.WEIGHTS).read_bytes()
-    assert hf_flax.encode(hf_flax.decode(original)) == original
+    original = (flax_dir / flax_format.WEIGHTS).read_bytes()
+    assert msgpack_flax.encode(msgpack_flax.decode(original)) == original
     out = write(read(flax_dir), tmp_path / "out", "msgpack")
-    assert (out / hf_flax.WEIGHTS).read_bytes() == original
+    assert (out / flax_format.WEIGHTS).read_bytes() == original
 
 
 def test_rules_table_matches_reality():
     """Every path in the fixtures is claimed by exactly one rule, and every rule is used by some fixture."""
     used: set[str] = set()
     for flax_dir, _ in PAIRS.values():
-        names = hf_flax.native_names(read(flax_dir))
-        assert sorted(native for native, _ in names.values()) == sorted(tree(flax_dir)), flax_dir.name
-        used |= set(names)
-    unused = [r.canonical for r in hf_flax.RULES if r.canonical.format(layer=0) not in used]
+        ckpt = read(flax_dir)
+        names = [t.name for t in pipeline.native_tensors(flax_format.FORMAT, ckpt)]
+        assert sorted(names) == sorted(tree(flax_dir)), flax_dir.name
+        used |= set(bind(flax_format.RULES, ckpt.config, ckpt.head))
+    unused = [r.canonical for r in flax_format.RULES if r.canonical.format(layer=0) not in used]
     assert not unused
-    natives = [r.native for r in hf_flax.RULES]
+    natives = [r.native for r in flax_format.RULES]
     assert len(natives) == len(set(natives))
 
 
 def test_detect_and_head_subset(tmp_path):
     assert detect_format(FLAX / "pretraining") == "msgpack"
-    assert detect_format(FLAX / "pretraining" / hf_flax.WEIGHTS) == "msgpack"
-    assert not hf_flax.detect(HF / "pretraining")
+    assert detect_format(FLAX / "pretraining" / flax_format.WEIGHTS) == "msgpack"
+    assert not flax_format.FORMAT.detect(HF / "pretraining")
     base = read(FLAX / "masked-lm", head="base")
     assert base.head == "base" and "generator_lm_head.bias" not in base.tensors
 
@@ -90,7 +95,7 @@ def test_head_is_detected_from_paths_when_architectures_is_silent(head, tmp_path
 
 
 def test_config_can_come_from_elsewhere(tmp_path):
-    shutil.copy(FLAX / "question-answering" / hf_flax.WEIGHTS, tmp_path / "qa.msgpack")
+    shutil.copy(FLAX / "question-answering" / flax_format.WEIGHTS, tmp_path / "qa.msgpack")
     with pytest.raises(SchemaError, match="no config.json"):
         read(tmp_path / "qa.msgpack")
     ckpt = read(tmp_path / "qa.msgpack", config=FLAX / "question-answering" / "config.json")
@@ -124,7 +129,7 @@ def test_round_trips_are_bit_exact(name, tmp_path):
     assert_same_tensors(read(tmp_path / "flax"), source, same_config=False)
     assert_same_tensors(read(tmp_path / "pt"), source, same_config=False)
     assert back.report.ok
-    assert (tmp_path / "flax" / hf_flax.WEIGHTS).read_bytes() == (flax_dir / hf_flax.WEIGHTS).read_bytes()
+    assert (tmp_path / "flax" / flax_format.WEIGHTS).read_bytes() == (flax_dir / flax_format.WEIGHTS).read_bytes()
 
 
 def test_read_and_write_with_tensorflow_and_jax_unimportable():
@@ -157,25 +162,32 @@ def test_chunked_arrays_match_flax_serialization(monkeypatch):
     params = {"a": {"big": rng.standard_normal((7, 9)).astype(np.float32)},
               "b": rng.standard_normal(5).astype(np.float16)}
     monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 64)
-    monkeypatch.setattr(hf_flax, "MAX_CHUNK_SIZE", 64)
+    monkeypatch.setattr(msgpack_flax, "MAX_CHUNK_SIZE", 64)
     theirs = serialization.msgpack_serialize(params)
     assert b"__msgpack_chunked_array__" in theirs
-    assert hf_flax.encode({"a/big": params["a"]["big"], "b": params["b"]}) == theirs
-    decoded = hf_flax.decode(theirs)
+    assert msgpack_flax.encode({"a/big": params["a"]["big"], "b": params["b"]}) == theirs
+    decoded = msgpack_flax.decode(theirs)
     assert np.array_equal(decoded["a/big"], params["a"]["big"]) and decoded["b"].dtype == np.float16
 
 
-def test_bfloat16_is_widened_exactly_and_scalars_are_refused():
+def test_bfloat16_is_widened_exactly_and_scalars_are_refused(tmp_path):
     serialization = pytest.importorskip("flax.serialization")
     import jax.numpy as jnp
+    import ml_dtypes
 
     values = np.array([1.5, -2.25, 3.0e-3, 65504.0], np.float32)
     data = serialization.msgpack_serialize({"w": np.asarray(jnp.asarray(values, jnp.bfloat16))})
-    widened = hf_flax.decode(data)["w"]
-    assert widened.dtype == np.float32
-    assert np.array_equal(widened, np.asarray(jnp.asarray(values, jnp.bfloat16).astype(jnp.float32)))
+    stored = msgpack_flax.decode(data)["w"]                           # the stored bits, as ml_dtypes.bfloat16
+    assert stored.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(stored.astype(np.float32), np.asarray(jnp.asarray(values, jnp.bfloat16).astype(jnp.float32)))
+    bf16 = _with_tree(tmp_path, FLAX / "base", lambda t: {n: a.astype(ml_dtypes.bfloat16) for n, a in t.items()})
+    ckpt, source = read(bf16), read(FLAX / "base")                    # the engine widens to float32, exactly
+    for name in source.tensors:
+        widened = ckpt.array(name)
+        assert widened.dtype == np.float32
+        assert np.array_equal(widened, source.array(name).astype(ml_dtypes.bfloat16).astype(np.float32)), name
     with pytest.raises(FormatError, match="'step' is a"):
-        hf_flax.decode(serialization.msgpack_serialize({"step": np.int32(3)}))
+        msgpack_flax.decode(serialization.msgpack_serialize({"step": np.int32(3)}))
 
 
 @pytest.mark.oracle
@@ -184,9 +196,17 @@ def test_sharded_save_is_read(tmp_path):
 
     model = transformers.FlaxElectraForPreTraining.from_pretrained(FLAX / "pretraining")
     model.save_pretrained(tmp_path, max_shard_size="20KB")
-    assert (tmp_path / hf_flax.INDEX).exists() and not (tmp_path / hf_flax.WEIGHTS).exists()
+    assert (tmp_path / flax_format.INDEX).exists() and not (tmp_path / flax_format.WEIGHTS).exists()
     assert_same_tensors(read(tmp_path), read(HF / "pretraining"), same_config=False)
 
+
+
+def test_a_flax_train_state_is_read_inside_params(tmp_path, caplog):
+    folder = _with_tree(tmp_path, FLAX / "pretraining", lambda t: {f"params/{n}": a for n, a in t.items()})
+    with caplog.at_level(logging.WARNING, logger="electra_bridge"):
+        ckpt = read(folder)
+    assert "flax train state" in caplog.text
+    assert_same_tensors(ckpt, read(FLAX / "pretraining"))
 
 # ---- malformed input: one clear error ------------------------------------------------------------
 
@@ -194,7 +214,7 @@ def _with_tree(tmp_path: Path, src: Path, edit) -> Path:
     out = tmp_path / "edited"
     out.mkdir()
     shutil.copy(src / "config.json", out / "config.json")
-    (out / hf_flax.WEIGHTS).write_bytes(hf_flax.encode(edit(tree(src))))
+    (out / flax_format.WEIGHTS).write_bytes(msgpack_flax.encode(edit(tree(src))))
     return out
 
 
@@ -235,14 +255,14 @@ def test_a_stored_tied_kernel_must_equal_the_embeddings(tmp_path):
 ])
 def test_corrupt_files_raise_format_error(tmp_path, content, message):
     shutil.copy(FLAX / "base" / "config.json", tmp_path / "config.json")
-    (tmp_path / hf_flax.WEIGHTS).write_bytes(content)
+    (tmp_path / flax_format.WEIGHTS).write_bytes(content)
     with pytest.raises(FormatError, match=message):
         read(tmp_path)
 
 
 def test_truncated_file_raises_format_error(tmp_path):
     shutil.copy(FLAX / "base" / "config.json", tmp_path / "config.json")
-    (tmp_path / hf_flax.WEIGHTS).write_bytes((FLAX / "base" / hf_flax.WEIGHTS).read_bytes()[:-100])
+    (tmp_path / flax_format.WEIGHTS).write_bytes((FLAX / "base" / flax_format.WEIGHTS).read_bytes()[:-100])
     with pytest.raises(FormatError):
         read(tmp_path)
 
@@ -291,7 +311,7 @@ class _Capture(logging.Handler):
 
 
 def _flax_outputs(model, head, inputs):
-    out = model(**inputs)  # explicit token_type_ids: FlaxElectra's default is ONES (trap 1)
+    out = model(**inputs)  # explicit token_type_ids: FlaxElectra defaults to ONES, PyTorch to zeros
     names = ("last_hidden_state",) if head == "base" else (
         ("start_logits", "end_logits") if head == "question-answering" else ("logits",))
     return {n: np.asarray(getattr(out, n)) for n in names}
@@ -337,7 +357,7 @@ def test_transformers_flax_loads_our_files_exactly(name, tmp_path):
 @pytest.mark.oracle
 @pytest.mark.parametrize("head", ["pretraining", "masked-lm"])
 def test_flax_default_token_type_ids_are_ones(head):
-    """Trap 1: FlaxElectra without token_type_ids uses ONES; with explicit ids it equals PyTorch."""
+    """FlaxElectra without token_type_ids uses ONES (PyTorch: zeros); with explicit ids it equals PyTorch."""
     transformers = _quiet_transformers()
     from electra_bridge.runtimes import CheckpointRunner
 
@@ -395,4 +415,4 @@ def test_cli_h5_to_msgpack_to_safetensors(tmp_path):
 def test_msgpack_to_h5_and_back_is_byte_identical(head, tmp_path):
     convert(FLAX / head, tmp_path / "h5", "h5")                                  # verified hop
     convert(tmp_path / "h5", tmp_path / "flax", "msgpack")                       # verified hop
-    assert (tmp_path / "flax" / hf_flax.WEIGHTS).read_bytes() == (FLAX / head / hf_flax.WEIGHTS).read_bytes()
+    assert (tmp_path / "flax" / flax_format.WEIGHTS).read_bytes() == (FLAX / head / flax_format.WEIGHTS).read_bytes()
