@@ -1,6 +1,6 @@
 """Run an exported ONNX model with ONNX Runtime (CPU) and return ``runtimes.forward.Result``.
 
-The model describes itself through ``metadata_props`` written by converters/onnx_export.py:
+The model describes itself through ``metadata_props`` written by converters/formats/onnx.py:
 ``electra_bridge.head``, ``electra_bridge.config`` (HF config.json text),
 ``electra_bridge.graph`` ("plain" or "optimized") and ``electra_bridge.dtype``
 ("float32" or "int8"). A bare .onnx without them falls back to the config.json beside it.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 from electra_bridge.schemas import (
-    ARCHITECTURE_TO_HEAD,
     ElectraConfig,
     FormatError,
     MissingDependencyError,
     SchemaError,
     get_head,
+    head_for_architecture,
 )
 
 from .forward import Result
@@ -71,7 +71,7 @@ def describe(path: str | Path) -> tuple[ElectraConfig, str, str, str]:
 
 
 def _head_from_config(cfg: ElectraConfig, file: Path) -> str:
-    head = next((ARCHITECTURE_TO_HEAD[a] for a in cfg.architectures if a in ARCHITECTURE_TO_HEAD), None)
+    head = head_for_architecture(cfg.architectures)
     if head is None:
         raise SchemaError(f"{file}: cannot tell the head (no metadata, no architectures in config.json)")
     return head

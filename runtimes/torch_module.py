@@ -89,4 +89,4 @@ def example_inputs(cfg: ElectraConfig, head: str, batch: int = 2, seq: int = 8,
 
 def from_checkpoint(ckpt, *, hidden_states: bool = True) -> ElectraModule:
     """An eval-mode ElectraModule holding ``ckpt``'s tensors (loads lazy tensors, float32)."""
-    return ElectraModule(ckpt.config.for_head(ckpt.head), ckpt.head, ckpt.arrays(), hidden_states=hidden_states).eval()
+    return ElectraModule(ckpt.hf_config, ckpt.head, ckpt.arrays(), hidden_states=hidden_states).eval()

@@ -11,10 +11,12 @@ from helpers import HEADS, golden, max_abs, run_cli, run_python, spec
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from electra_bridge.converters import convert, onnx_export, open_runner, read
+from electra_bridge.converters import convert, open_runner, read
+from electra_bridge.converters.engine.pipeline import export
+from electra_bridge.converters.formats import onnx as onnx_format
 from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch
 from electra_bridge.runtimes.onnx_runner import OnnxRunner
-from electra_bridge.schemas import Checkpoint, ElectraConfig, SchemaError, get_head, head_shapes
+from electra_bridge.schemas import Checkpoint, ElectraConfig, SchemaError, config_for_head, get_head, head_shapes
 
 GRAPHS = {"plain": {"plain": True}, "optimized": {}}
 #: (batch, sequence, choices): none of them is the probe batch (3, 11, 3); nothing is fixed at export
@@ -30,7 +32,7 @@ def exported(tmp_path_factory):
     def get(head, graph):
         if (head, graph) not in cache:
             out = tmp_path_factory.mktemp(f"{head}-{graph}")
-            onnx_export.write(read(spec.HF_SAFETENSORS / head), out, **GRAPHS[graph])
+            export(onnx_format.FORMAT, read(spec.HF_SAFETENSORS / head), out, **GRAPHS[graph])
             cache[head, graph] = out
         return cache[head, graph]
     return get
@@ -228,7 +230,7 @@ def test_int8_deviation_is_measured_and_reported(tmp_path):
 def test_int8_keeps_padding_out_of_the_logits(tmp_path):
     """A padded row must score like the same tokens unpadded (the quantizer once dropped the mask)."""
     ckpt = read(spec.HF_SAFETENSORS / "token-classification")
-    onnx_export.write(ckpt, tmp_path, quantize="int8")
+    export(onnx_format.FORMAT, ckpt, tmp_path, quantize="int8")
     runner = OnnxRunner(tmp_path)
     batch = probe_batch(ckpt.config, "token-classification", batch=2, seq=20)
     n = int(batch["attention_mask"][1].sum())
@@ -240,9 +242,9 @@ def test_int8_keeps_padding_out_of_the_logits(tmp_path):
 
 
 def test_external_data_for_big_models(tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1024)
+    monkeypatch.setattr(onnx_format, "EXTERNAL_DATA_BYTES", 1024)
     ckpt = read(spec.HF_SAFETENSORS / "masked-lm")
-    written = onnx_export.write(ckpt, tmp_path)
+    written = export(onnx_format.FORMAT, ckpt, tmp_path)
     assert {p.name for p in written} >= {"model.onnx", "model.onnx.data"}
     assert (tmp_path / "model.onnx").stat().st_size < (tmp_path / "model.onnx.data").stat().st_size
     assert worst_diff(OnnxRunner(tmp_path), CheckpointRunner(ckpt), "masked-lm", SHAPES[:1]) <= 1e-5
@@ -251,7 +253,7 @@ def test_external_data_for_big_models(tmp_path, monkeypatch):
 @pytest.mark.parametrize("opset,plain", [(15, True), (18, False), (18, True)])
 def test_opsets(opset, plain, tmp_path):
     ckpt = read(spec.HF_SAFETENSORS / "causal-lm")
-    onnx_export.write(ckpt, tmp_path, opset=opset, plain=plain)
+    export(onnx_format.FORMAT, ckpt, tmp_path, opset=opset, plain=plain)
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == opset
     assert worst_diff(OnnxRunner(tmp_path), CheckpointRunner(ckpt), "causal-lm", SHAPES[:2]) <= 1e-5
@@ -260,9 +262,9 @@ def test_opsets(opset, plain, tmp_path):
 def test_bad_options_are_refused(tmp_path):
     ckpt = read(spec.HF_SAFETENSORS / "base")
     with pytest.raises(SchemaError, match="opset"):
-        onnx_export.write(ckpt, tmp_path, opset=15)            # optimized graph needs LayerNormalization
+        export(onnx_format.FORMAT, ckpt, tmp_path, opset=15)            # optimized graph needs LayerNormalization
     with pytest.raises(SchemaError, match="int8"):
-        onnx_export.write(ckpt, tmp_path, quantize="int4")
+        export(onnx_format.FORMAT, ckpt, tmp_path, quantize="int4")
 
 
 @pytest.mark.parametrize("head", ["sequence-classification", "causal-lm"])
@@ -281,10 +283,10 @@ def test_fully_padded_rows_match_the_reference(head, exported):
 
 def random_base_checkpoint(head: str) -> Checkpoint:
     """A random electra-base-size checkpoint built in memory (no download, no transformers)."""
-    cfg = ElectraConfig(vocab_size=30522, embedding_size=768, hidden_size=768, num_hidden_layers=12,
-                        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
-                        labels=("a", "b") if head == "question-answering" else ("a", "b", "c"),
-                        is_decoder=head == "causal-lm").for_head(head)
+    cfg = config_for_head(ElectraConfig(vocab_size=30522, embedding_size=768, hidden_size=768, num_hidden_layers=12,
+                                        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+                                        labels=("a", "b") if head == "question-answering" else ("a", "b", "c"),
+                                        is_decoder=head == "causal-lm"), head)
     rng = np.random.default_rng(0)
     tensors = {}
     for name, shape in head_shapes(cfg, head).items():
@@ -303,7 +305,7 @@ def test_base_size_every_head_within_1e4(head, tmp_path):
     for graph, options in GRAPHS.items():
         out = tmp_path / graph
         out.mkdir()
-        onnx_export.write(ckpt, out, **options)
+        export(onnx_format.FORMAT, ckpt, out, **options)
         worst = worst_diff(OnnxRunner(out), reference, head, [(1, 128, 2), (3, 57, 3)], atol=1e-4)
         print(f"base-size {head} {graph}: max_abs {worst:.2e}")
         assert worst <= 1e-4

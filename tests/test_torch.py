@@ -14,7 +14,7 @@ import pytest
 
 from helpers import HEADS, golden, max_abs, run_cli, run_python, spec
 
-from electra_bridge.converters import detect_format, format_module, inspect, open_runner, read, verify, write
+from electra_bridge.converters import detect_format, get_format, inspect, open_runner, read, verify, write
 from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch
 from electra_bridge.schemas import Checkpoint, FormatError
 
@@ -200,7 +200,7 @@ def test_untied_decoder_is_kept_and_used(fmt, tmp_path):
 
 
 def test_check_dynamic_rejects_a_frozen_artifact():
-    from electra_bridge.converters.torchscript_export import EXAMPLE, check_dynamic
+    from electra_bridge.converters.formats.torch_common import EXAMPLE, check_dynamic
     from electra_bridge.runtimes.torch_module import example_inputs, from_checkpoint
 
     ckpt = read(spec.HF_SAFETENSORS / "token-classification")
@@ -214,7 +214,7 @@ def test_check_dynamic_rejects_a_frozen_artifact():
 
 def test_plain_torch_save_is_not_taken_for_an_artifact(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
-    assert not any(format_module(fmt).detect(tmp_path) for fmt in ARTIFACTS)
+    assert not any(get_format(fmt).detect(tmp_path) for fmt in ARTIFACTS)
     with pytest.raises(FormatError):
         detect_format(tmp_path)
     with pytest.raises(FormatError):

@@ -8,6 +8,9 @@ transformers or Optimum is involved. The folder written is usable like an Optimu
     config.json          the checkpoint's HF config for the head
     vocab.txt, tokenizer.json, ...   tokenizer assets of the source
 
+``export`` writes the model files; config.json and the tokenizer files are the engine's
+(converters/engine/pipeline.py ``export``).
+
 Graph contract: inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` int64
 [batch_size, sequence_length] ([batch_size, num_choices, sequence_length] for
 multiple-choice), all axes dynamic; outputs float32, named as Optimum names them
@@ -32,19 +35,20 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from electra_bridge.schemas import Checkpoint, MissingDependencyError, SchemaError, get_head
+
+from electra_bridge.runtimes.onnx_runner import (
+    META_CONFIG, META_DTYPE, META_GRAPH, META_HEAD, MODEL_FILE, OnnxRunner, describe, model_path,
+)
+from electra_bridge.schemas import HEADS, Checkpoint, MissingDependencyError, SchemaError, get_head
 from electra_bridge.schemas.checkpoint import materialize
 
-from . import assets
-from .options import Option
+from ..engine.assets import collect
+from ..engine.format import ArtifactFormat
+from ..engine.options import Option
 
 log = logging.getLogger(__name__)
 
-NAME = "onnx"
-KIND = "artifact"
-DESCRIPTION = "ONNX model (model.onnx + config.json + tokenizer files), run with ONNX Runtime"
-
-MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
+DATA_FILE = MODEL_FILE + ".data"
 DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
 #: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -82,20 +86,16 @@ def _dims(symbols) -> list[str | int]:
     return [AXES.get(s, s) for s in symbols]
 
 
-def build_model(ckpt: Checkpoint, head: str | None = None, *, opset: int = DEFAULT_OPSET):
-    """The plain ONNX graph of ``head`` (default: the checkpoint's): forward.py over symbolic ops."""
+def build_model(ckpt: Checkpoint, *, opset: int = DEFAULT_OPSET):
+    """The plain ONNX graph of the checkpoint's head: forward.py over symbolic ops."""
     _require_onnx()
     from electra_bridge.runtimes.forward import forward
-    from electra_bridge.runtimes.onnx_runner import META_CONFIG, META_DTYPE, META_GRAPH, META_HEAD
     from electra_bridge.runtimes.ops_onnx import GraphBuilder, OnnxOps
 
-    head = head or ckpt.head
-    if head != ckpt.head:
-        ckpt = ckpt.as_head(head)                                   # only the tensors the head reads
-    spec = get_head(head)
+    head, spec = ckpt.head, get_head(ckpt.head)
     if opset < MIN_OPSET:
         raise SchemaError(f"opset {opset} is too old: the exported graph needs opset >= {MIN_OPSET}")
-    cfg = ckpt.config.for_head(head)
+    cfg = ckpt.hf_config
     builder = GraphBuilder(opset)
     ops = OnnxOps(builder)
     params = {name: ops.param(name, materialize(t)) for name, t in sorted(ckpt.tensors.items())}
@@ -111,9 +111,7 @@ def build_model(ckpt: Checkpoint, head: str | None = None, *, opset: int = DEFAU
 
 
 def _set_meta(model, **changes) -> None:
-    from electra_bridge.runtimes import onnx_runner as r
-
-    keys = {"graph": r.META_GRAPH, "dtype": r.META_DTYPE}
+    keys = {"graph": META_GRAPH, "dtype": META_DTYPE}
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update({keys[k]: v for k, v in changes.items()})
     del model.metadata_props[:]
@@ -158,11 +156,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
         logging.disable(previous)
 
 
-def write(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool | None = None,
-          quantize: str | None = None, **options) -> list[Path]:
-    """Write ``out/model.onnx`` + ``out/config.json`` + tokenizer assets (see the module docstring)."""
-    if options:
-        raise SchemaError(f"the onnx writer does not take {', '.join(sorted(options))}")
+def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool | None = None,
+           quantize: str | None = None) -> list[Path]:
+    """Write ``out/model.onnx`` (+ ``model.onnx.data`` for big models; see the module docstring)."""
     if quantize not in (None, "int8"):
         raise SchemaError(f"--quantize supports int8 only, not {quantize!r}")
     opset = opset or DEFAULT_OPSET
@@ -175,7 +171,7 @@ def write(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool 
 
         # int8: QAttention has no attention_bias input, so the causal mask must go in as
         # unidirectional=1 (runtimes/onnx_fuse.py)
-        fusions = fuse(model, ckpt.config.for_head(ckpt.head), quantizable=bool(quantize))
+        fusions = fuse(model, ckpt.hf_config, quantizable=bool(quantize))
         log.info("onnx: fused %s", ", ".join(f"{n} {op}" for op, n in sorted(fusions.items())) or "nothing")
         _set_meta(model, graph="optimized")
     path = out / MODEL_FILE
@@ -191,27 +187,16 @@ def write(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool 
         for leftover in [*out.glob(".float32.onnx*"), path, out / DATA_FILE]:
             if leftover.exists():
                 leftover.unlink()
-        written = save(quantized, path)
-    else:
-        written = save(model, path)
-    (out / "config.json").write_text(ckpt.config.for_head(ckpt.head).to_json())
-    return [*written, out / "config.json", *assets.write(out, ckpt.assets)]
+        return save(quantized, path)
+    return save(model, path)
 
 
-# ---- running and inspecting -------------------------------------------------------------------------
-
-def open_runner(path: Path, *, threads: int | None = None):
-    """An ONNX Runtime CPU runner for a folder with model.onnx or a .onnx file."""
-    from electra_bridge.runtimes.onnx_runner import OnnxRunner
-
-    return OnnxRunner(path, threads=threads)
-
+# ---- inspecting ---------------------------------------------------------------------------------
 
 def inspect(path: Path) -> dict:
     """Head, config, graph kind, dtype, inputs/outputs with their axes, operator counts, parameters."""
     _require_onnx()
     import onnx
-    from electra_bridge.runtimes.onnx_runner import describe, model_path
 
     file = model_path(path)
     cfg, head, graph, dtype = describe(file)
@@ -232,8 +217,20 @@ def inspect(path: Path) -> dict:
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
         "external_data": external.name if external.exists() else None,
-        "assets": sorted(assets.collect(file.parent)),
+        "assets": sorted(collect(file.parent)),
         "tensors": [{"name": t.name, "shape": list(t.dims),
                      "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
                     for t in model.graph.initializer if not t.name.startswith("/")],
     }
+
+
+FORMAT = ArtifactFormat(
+    name="onnx",
+    extra="onnx",
+    detect=detect,
+    export=export,
+    open_runner=OnnxRunner,     # ONNX Runtime, CPU; a folder with model.onnx or a .onnx file
+    inspect=inspect,
+    heads=tuple(HEADS),
+    options=OPTIONS,
+)
