@@ -1,8 +1,8 @@
-"""A small stderr progress bar for long work (reading, writing, running), and the hooks that drive it.
+"""A stderr progress bar (tqdm) for long work -- reading, writing, running -- and the hooks that drive it.
 
 Shown only when stderr is a terminal and the user did not ask for ``--quiet``: CI logs
-and pipes never see carriage-return noise. Erased when done (results go to stdout).
-No dependency: one line redrawn at most ten times a second.
+and pipes never see carriage-return noise. Erased when done (``leave=False``): results
+go to stdout.
 
 Ticks come from two hooks that work for every format without touching it:
 ``track_tensors`` wraps a Checkpoint's tensors in LazyTensors that tick when loaded (a
@@ -13,12 +13,14 @@ head run.
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
 
 import numpy as np
+from tqdm import tqdm
 
-from electra_bridge.schemas import Checkpoint, LazyTensor, materialize
+from electra_bridge.runtimes.forward import Result
+from electra_bridge.runtimes.runner import CheckpointRunner, Runner
+from electra_bridge.schemas import Checkpoint, ElectraConfig, LazyTensor, materialize
 
 _enabled: bool | None = None   # None: automatic (stderr is a TTY)
 
@@ -36,19 +38,23 @@ def is_enabled(stream: TextIO | None = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-class Progress:
-    """``with Progress(total, "reading") as bar: bar.update(); bar.describe("running")``."""
+class _Bar(tqdm):
+    monitor_interval = 0   # no monitor thread: a bar lives inside one call
 
-    WIDTH = 24
+
+class Progress:
+    """``with Progress(total, "reading") as bar: bar.update(); bar.describe("running")``.
+
+    ``count`` is the number of ticks so far, drawn or not."""
 
     def __init__(self, total: int, desc: str, stream: TextIO | None = None):
         self.total, self.desc, self.count = max(1, int(total)), desc, 0
         self.stream = stream or sys.stderr
         self.enabled = is_enabled(self.stream)
-        self.start = self._last = time.monotonic()
+        self._bar = _Bar(total=self.total, desc=desc, file=self.stream, leave=False, dynamic_ncols=True,
+                         disable=not self.enabled, unit="step")
 
     def __enter__(self) -> Progress:
-        self._draw(force=True)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -56,41 +62,20 @@ class Progress:
 
     def describe(self, desc: str) -> None:
         self.desc = desc
-        self._draw(force=True)
+        self._bar.set_description_str(desc)
 
     def update(self, n: int = 1) -> None:
-        self.count = min(self.total, self.count + n)
-        self._draw()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1 and self.count < self.total:
-            return
-        self._last = now
-        done = int(self.WIDTH * self.count / self.total)
-        bar = "#" * done + "." * (self.WIDTH - done)
-        line = f"{self.desc[:48]:<48} [{bar}] {self.count}/{self.total} {now - self.start:5.1f}s"
-        self.stream.write("\r" + line)
-        self.stream.flush()
+        n = min(n, self.total - self.count)
+        if n > 0:
+            self.count += n
+            self._bar.update(n)
 
     def close(self) -> None:
-        if self.enabled:   # erase the bar: results belong on stdout, not under a stale bar
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
+        self._bar.close()   # leave=False: the bar is erased
         self.enabled = False
 
 
-class _Null:
-    def update(self, n: int = 1) -> None: ...
-    def describe(self, desc: str) -> None: ...
-
-
-NULL = _Null()
-
-
-def track_tensors(ckpt: Checkpoint, bar) -> Checkpoint:
+def track_tensors(ckpt: Checkpoint, bar: Progress) -> Checkpoint:
     """The same checkpoint whose tensors tick ``bar`` once each time one is loaded."""
     def wrap(t):
         def load() -> np.ndarray:
@@ -102,22 +87,53 @@ def track_tensors(ckpt: Checkpoint, bar) -> Checkpoint:
 
 
 class TrackedRunner:
-    """A Runner that names each run on ``bar`` and ticks when it is done; everything else is the inner runner's."""
+    """A Runner that names each run on ``bar`` and ticks when it is done; the rest is ``inner``'s.
 
-    def __init__(self, inner, bar, label: str):
+    The Runner fields (runtime/runner.py) are read through to ``inner`` -- ``name`` can be
+    set -- and ``ckpt`` exists only when ``inner`` is a CheckpointRunner."""
+
+    def __init__(self, inner: Runner, bar: Progress, label: str):
         self._inner, self._bar, self._label = inner, bar, label
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+    @property
+    def inner(self) -> Runner:
+        return self._inner
 
-    def __setattr__(self, name, value):
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._inner, name, value)
+    @property
+    def name(self) -> str:
+        return self._inner.name
 
-    def run(self, head, batch):
+    @name.setter
+    def name(self, value: str) -> None:
+        self._inner.name = value
+
+    @property
+    def runtime(self) -> str:
+        return self._inner.runtime
+
+    @property
+    def dtype(self) -> str:
+        return self._inner.dtype
+
+    @property
+    def config(self) -> ElectraConfig:
+        return self._inner.config
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self._inner.heads
+
+    @property
+    def ckpt(self) -> Checkpoint:
+        if not isinstance(self._inner, CheckpointRunner):
+            raise AttributeError(f"{type(self._inner).__name__} runs an artifact; it has no checkpoint")
+        return self._inner.ckpt
+
+    def run(self, head: str, batch: dict[str, np.ndarray]) -> Result:
         self._bar.describe(f"running {self._label} {head}")
         result = self._inner.run(head, batch)
         self._bar.update()
         return result
+
+    def release(self) -> None:
+        self._inner.release()
