@@ -33,7 +33,7 @@ import numpy as np
 
 from electra_bridge.runtimes import Report, compare
 from electra_bridge.schemas import (
-    BridgeError, Checkpoint, ElectraConfig, MissingDependencyError, SchemaError, get_head, head_shapes,
+    BridgeError, Checkpoint, ElectraConfig, MissingDependencyError, SchemaError, config_for_head, get_head, head_shapes,
 )
 
 from . import api
@@ -137,8 +137,8 @@ def _generated_source(folder: Path, head: str, seed: int = 0) -> Path:
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     words = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of", "and", "to", "in", "is",
                                 "it", "electra", "model", "token", "check", *letters, *(f"##{c}" for c in letters)]))
-    cfg = ElectraConfig(vocab_size=len(words), embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=40).for_head(head)
+    cfg = config_for_head(ElectraConfig(vocab_size=len(words), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=40), head)
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in head_shapes(cfg, head).items():

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 from helpers import FIXTURES
 
-from electra_bridge.converters import FORMATS, convert, format_module
+from electra_bridge.converters import FORMATS, convert, get_format
 from electra_bridge.converters.tokenizer_assets import TOKENIZER_FILES, complete
 from electra_bridge.schemas import ElectraConfig
 
 SRC = FIXTURES / "hf" / "pretraining"
 SENTENCES = ["Hello world, the café is naïve!", "Résumé über ELECTRA 中国人", "unable [MASK] tokenizing"]
 PAIRS = ["a résumé", "好文字", "convert the model"]
-CHECKPOINT_FORMATS = [n for n in FORMATS
-                      if format_module(n).KIND == "checkpoint" and hasattr(format_module(n), "write")]
+CHECKPOINT_FORMATS = [n for n in FORMATS if get_format(n).kind == "checkpoint"]
 
 
 def vocab_only(tmp: Path, vocab: list[str] | None = None) -> Path:

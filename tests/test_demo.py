@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from electra_bridge.converters import FORMATS, cli, demo, format_module
+from electra_bridge.converters import FORMATS, cli, demo, get_format
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,6 @@ def test_generated_model_when_fixtures_are_absent(tmp_path, monkeypatch, capsys)
 def test_hop_skips_are_reasoned():
     reason = demo._unavailable("no-such-format", "checkpoint")
     assert reason == "no-such-format is not registered in this installation"
-    artifacts = [n for n in FORMATS if format_module(n).KIND == "artifact"]
+    artifacts = [n for n in FORMATS if get_format(n).kind == "artifact"]
     if artifacts:
         assert "artifact format" in demo._unavailable(artifacts[0], "checkpoint")

@@ -1,7 +1,8 @@
 """Format-specific command-line options, declared as data by each format module.
 
-A format module lists ``OPTIONS``; the CLI adds each once to ``convert`` (and ``verify``
-for read options) and hands the parsed values to that format's ``read`` or ``write``.
+A format lists them in ``FORMAT.options``; the CLI adds each once to ``convert`` (and ``verify``
+for read options) and the engine hands the parsed values to that format's read or write,
+refusing an option the format does not declare.
 """
 
 from __future__ import annotations
