@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, run_cli
 
-from electra_bridge.converters import FORMATS, cli
+from electra_bridge.converters import cli
 from electra_bridge.converters import verify as api_verify
 
 SRC = FIXTURES / "hf" / "pretraining"
@@ -94,6 +94,7 @@ def test_identical_pair_across_formats_exits_0(capsys):
 # ---- exit 1: localisation ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.requires("test")
 def test_perturbed_layer_is_named_first(tmp_path, layer):
     b = perturbed_copy(tmp_path, f"electra.encoder.layer.{layer}.attention.self.query.weight")
     report_path = tmp_path / "r.json"
@@ -113,6 +114,7 @@ def test_perturbed_layer_is_named_first(tmp_path, layer):
         assert not drift[stages[k]]["ok"] and drift[stages[k]]["max_abs"] > report["atol"]
 
 
+@pytest.mark.requires("test")
 def test_perturbed_embeddings_and_head_only(tmp_path, capsys):
     emb = perturbed_copy(tmp_path, "electra.embeddings.word_embeddings.weight", delta=0.5)
     # the perturbed element is row 0 (the pad id): padded positions carry it, so it shows in every stage
@@ -128,6 +130,7 @@ def test_perturbed_embeddings_and_head_only(tmp_path, capsys):
     assert all(d["ok"] for d in report["heads"]["pretraining"]["hidden_state_drift"].values())
 
 
+@pytest.mark.requires("test")
 def test_markdown_report_and_plot(tmp_path):
     b = perturbed_copy(tmp_path, "electra.encoder.layer.1.output.dense.weight")
     md, png = tmp_path / "r.md", tmp_path / "drift.png"
@@ -141,6 +144,7 @@ def test_markdown_report_and_plot(tmp_path):
     assert width >= 600 and height >= 300 and png.stat().st_size > 10_000
 
 
+@pytest.mark.requires("test")
 def test_tolerance_override_and_heads(tmp_path, capsys):
     b = perturbed_copy(tmp_path, "electra.encoder.layer.1.attention.self.query.weight")
     assert main(capsys, "verify", SRC, b, "--atol", "1", "--rtol", "0")[0] == 0
@@ -279,6 +283,7 @@ def test_json_everywhere(tmp_path, capsys):
     assert json.loads(out)["report"]["ok"] is True
 
 
+@pytest.mark.requires("test")
 def test_python_api_mirrors_cli(tmp_path, capsys):
     b = perturbed_copy(tmp_path, "electra.encoder.layer.0.intermediate.dense.weight")
     report = api_verify(SRC, b, report=tmp_path / "api.json", plot=tmp_path / "api.png")
