@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import HEADS, assert_same_tensors, golden, max_abs, requires, spec
 
-from electra_bridge.converters import FORMATS, convert, get_format, read, write
+from electra_bridge.converters import FORMATS, convert, get_format, open_runner, read, write
 from electra_bridge.converters.engine import pipeline
 from electra_bridge.converters.engine.format import ArtifactFormat, CheckpointFormat
 from electra_bridge.runtimes import RUNTIMES, CheckpointRunner, probe_batch, tolerance
@@ -114,15 +114,13 @@ def test_every_rule_is_used_by_some_fixture(fmt):
 
 # ---- writable formats: round trips ----------------------------------------------------------------
 
-def _round_trip_params():
-    for fmt in CHECKPOINT_FORMATS:
-        spec_ = get_format(fmt)
-        for head in HEADS:
-            if head in spec_.heads:
-                yield pytest.param(fmt, head, id=f"{fmt}:{head}", marks=_extra_marks(spec_.extra))
+def format_heads(formats: list[str]) -> list:
+    """(format, head) for every head each format can hold, skipped where its extra is missing."""
+    return [pytest.param(fmt, head, id=f"{fmt}:{head}", marks=_extra_marks(get_format(fmt).extra))
+            for fmt in formats for head in HEADS if head in get_format(fmt).heads]
 
 
-@pytest.mark.parametrize("fmt, head", list(_round_trip_params()))
+@pytest.mark.parametrize("fmt, head", format_heads(CHECKPOINT_FORMATS))
 def test_round_trip_is_bit_exact(fmt, head, tmp_path):
     """hf/<head> -> fmt -> read: the same tensors bit for bit, hence the same outputs."""
     src = hf(head)
@@ -148,22 +146,12 @@ def test_each_fixture_writes_back_to_its_own_format(fmt, head, folder, same, tmp
 
 # ---- artifact formats: export, run, verify -----------------------------------------------------------
 
-def _artifact_params():
-    for fmt in ARTIFACT_FORMATS:
-        spec_ = get_format(fmt)
-        for head in HEADS:
-            if head in spec_.heads:
-                yield pytest.param(fmt, head, id=f"{fmt}:{head}", marks=_extra_marks(spec_.extra))
-
-
-@pytest.mark.parametrize("fmt, head", list(_artifact_params()))
+@pytest.mark.parametrize("fmt, head", format_heads(ARTIFACT_FORMATS))
 def test_artifact_export_verifies_and_runs_at_unseen_shapes(fmt, head, tmp_path):
     """convert verifies the export on the probe batch; the artifact then agrees with the reference
     at shapes the export never saw (dynamic batch and sequence)."""
     result = convert(spec.HF_SAFETENSORS / head, tmp_path / "out", fmt, fmt="safetensors")
     assert result.report is not None and result.report.ok
-    from electra_bridge.converters import open_runner
-
     runner, reference = open_runner(tmp_path / "out", fmt), CheckpointRunner(hf(head))
     atol, rtol = tolerance(runner.runtime, runner.dtype)
     for batch, seq in ((1, 5), (4, 17)):
