@@ -21,6 +21,7 @@ def full_demo(tmp_path_factory):
     return proc.returncode, json.loads(proc.stdout), out
 
 
+@pytest.mark.requires("all")
 def test_every_registered_format_is_a_verified_hop(full_demo):
     code, result, _ = full_demo
     assert code == 0 and result["ok"], json.dumps([(h["hop"], h["format"], h["result"], h["reason"])
@@ -48,6 +49,7 @@ def test_perturbed_copy_is_caught_at_its_layer(full_demo):
     assert hop["report"]["ok"] is False and hop["report"]["first_divergence"] == "layer 1"
 
 
+@pytest.mark.requires("plot")
 def test_report_and_plot_written(full_demo):
     _, result, out = full_demo
     saved = json.loads((out / "report.json").read_text())
@@ -72,6 +74,7 @@ def test_every_output_folder_loads_with_autotokenizer(full_demo):
         assert AutoTokenizer.from_pretrained(str(folder))(text, pair)["input_ids"] == want, folder
 
 
+@pytest.mark.requires("tokenizers")
 def test_generated_model_when_fixtures_are_absent(tmp_path, monkeypatch, capsys):
     """No fixtures (an installed wheel): a seeded random model with a generated vocabulary is the source."""
     monkeypatch.setattr(demo, "FIXTURES", tmp_path / "no-fixtures")

@@ -207,6 +207,7 @@ def test_converted_folder_loads_in_transformers_with_equal_outputs(head, tmp_pat
         assert max_abs(theirs[name].numpy(), expected) <= 1e-5, name
 
 
+@pytest.mark.requires("torch")
 def test_verify_exit_codes(tmp_path):
     src = spec.HF_SAFETENSORS / "pretraining"
     same = run_cli("verify", src, spec.HF_BIN / "pretraining", "--json")

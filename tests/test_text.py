@@ -88,6 +88,7 @@ def test_vocab_parsing_matches_line_numbers():
     assert text.vocab_from_assets({"tokenizer.json": (SRC / "tokenizer.json").read_bytes()}) == vocab
 
 
+@pytest.mark.requires("tokenizers")
 def test_errors_are_clear():
     with pytest.raises(SchemaError, match="--text-pair is given 1 times but --text 2"):
         ours(["a", "b"], ["c"])
@@ -97,6 +98,7 @@ def test_errors_are_clear():
         text.tokenize({"config.json": b"{}"}, ["a"])
 
 
+@pytest.mark.requires("tokenizers")
 def test_long_text_is_truncated_to_the_model(caplog):
     vocab = text.parse_vocab(VOCAB.read_bytes())
     tok = text.build_tokenizer(vocab)
