@@ -74,6 +74,14 @@ class Codec(Protocol):
         """Write ``tensors`` (native names, shapes, layout) into folder ``out``, loading one at a time."""
 
 
+def find_weights(path: Path, names: Sequence[str], suffixes: Sequence[str]) -> Path | None:
+    """The ``locate`` of a format whose files have fixed names: in a folder, the first of ``names``
+    present (a regular file); a file path ending with one of ``suffixes`` is taken as given."""
+    if path.is_dir():
+        return next((path / n for n in names if (path / n).is_file()), None)
+    return path if path.name.endswith(tuple(suffixes)) else None
+
+
 def _no_check(ckpt: Checkpoint) -> None:
     return None
 

@@ -41,7 +41,7 @@ import numpy as np
 from electra_bridge.schemas import Checkpoint, ElectraConfig, FormatError, SchemaError, get_head
 
 from ..engine import pipeline, shards
-from ..engine.format import CheckpointFormat, NativeTensor, Plan, ReadRequest
+from ..engine.format import CheckpointFormat, NativeTensor, Plan, ReadRequest, find_weights
 from ..engine.rules import IDENTITY, TRANSPOSE, Ignored, Leaves, Rule, module_rules
 from . import h5_keras
 
@@ -146,9 +146,7 @@ def _keras_order(tensors: Sequence[NativeTensor]) -> list[NativeTensor]:
 
 class H5Codec:
     def locate(self, path: Path) -> Path | None:
-        if path.is_dir():
-            return next((path / f for f in (WEIGHTS, SHARD_INDEX) if (path / f).exists()), None)
-        return path if path.name.endswith((".h5", ".h5.index.json")) else None
+        return find_weights(path, (WEIGHTS, SHARD_INDEX), (".h5", ".h5.index.json"))
 
     def list(self, weights: Path) -> dict[str, NativeTensor]:
         """A single file or one shard; the repeated variables are checked equal and reported under

@@ -33,7 +33,7 @@ import numpy as np
 
 from electra_bridge.schemas import ROWS, Checkpoint, ElectraConfig, SchemaError
 
-from ..engine.format import CheckpointFormat, NativeTensor
+from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import IDENTITY, TRANSPOSE, Ignored, Leaves, module_rules
 from . import msgpack_flax
 
@@ -103,11 +103,7 @@ def _unwrap_train_state(arrays: dict[str, np.ndarray], source: Path) -> dict[str
 
 class MsgpackCodec:
     def locate(self, path: Path) -> Path | None:
-        if path.is_dir():
-            return next((path / f for f in (WEIGHTS, INDEX) if (path / f).is_file()), None)
-        if path.name.endswith((".msgpack", ".msgpack.index.json")):
-            return path
-        return None
+        return find_weights(path, (WEIGHTS, INDEX), (".msgpack", ".msgpack.index.json"))
 
     def list(self, weights: Path) -> dict[str, NativeTensor]:
         """msgpack has no index of its own: the file is decoded whole, each array a view of its bytes."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from electra_bridge.schemas import ROWS, Checkpoint, FormatError, MissingDependencyError
 
-from ..engine.format import CheckpointFormat, NativeTensor
+from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import Ignored, Rule
 from . import safetensors_file
 
@@ -78,11 +78,7 @@ def _to_numpy(t):
 
 class SafetensorsCodec:
     def locate(self, path: Path) -> Path | None:
-        if path.is_dir():
-            return next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
-        if path.name.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")):
-            return path
-        return None
+        return find_weights(path, WEIGHT_FILES, (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json"))
 
     def list(self, weights: Path) -> dict[str, NativeTensor]:
         if weights.suffix == ".bin":
