@@ -24,7 +24,7 @@ peak RSS of ours (verified) <= 1.3 x the written model.safetensors + 300 MB, and
 least 3x faster than transformers' path. Finally the two outputs are compared with
 ``electra-bridge verify`` (they must be EQUAL).
 
-    .venv/bin/python benchmarks/bench_tf1_convert.py [--repeats 1] [--threads N] [--fresh]
+    .venv/bin/python benchmarks/bench_tf1_convert.py [--repeats 3] [--threads N] [--fresh]
 
 ``--threads N`` sets OMP/OpenBLAS/MKL thread counts for every contestant alike (default: unset).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def warm(folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per contestant (the best is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each contestant's median is reported")
     parser.add_argument("--fresh", action="store_true", help="regenerate the checkpoint")
     parser.add_argument("--threads", type=int, help="thread count for every contestant (OMP/OpenBLAS/MKL)")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
@@ -134,14 +135,16 @@ def main() -> None:
     if args.threads:
         env.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     warm(ckpt)
-    results: dict[str, dict] = {}
+    rounds: dict[str, list[dict]] = {name: [] for name in contestants}
+    loads = []
     for i in range(args.repeats):
         for name, make_cmd in contestants.items():  # round-robin, so noise hits everyone alike
             out = runs / f"{''.join(c for c in name if c.isalnum())}-{i}"
             r = measure(make_cmd(out), runs / f"{out.name}.log", env)
-            best = results.get(name)
-            results[name] = r if best is None else {k: min(best[k], r[k]) for k in r}
+            rounds[name].append(r)
+            loads.append(os.getloadavg()[0])
             print(f"  {name:<18} run {i + 1}: {r['wall_s']:6.1f} s  {r['peak_rss_mb']:7.0f} MB", flush=True)
+    results = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
 
     written = (runs / "ours-0" / "model.safetensors").stat().st_size
     check = subprocess.run([cli, "verify", str(runs / "ours-0"), str(runs / "transformers-0")],
@@ -151,7 +154,8 @@ def main() -> None:
     speedup = theirs["wall_s"] / ours["wall_s"]
     rss_ok, speed_ok = ours["peak_rss_mb"] <= rss_target, speedup >= SPEEDUP
 
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"\nmedian of {args.repeats} rounds; 1-min load average during the run {min(loads):.1f}-{max(loads):.1f} on "
+          f"{os.cpu_count()} cores; threads: {args.threads or 'library defaults (OMP/OpenBLAS/MKL unset)'}")
     print(f"checkpoint: {ckpt.name} ({ckpt_bytes / MB:.0f} MB of tensors incl. Adam slots); "
           f"written model.safetensors: {written / MB:.0f} MB")
     print(f"{'contestant':<18} {'wall s':>8} {'peak RSS MB':>12} {'wall vs transformers':>21} {'RSS vs transformers':>20}")
@@ -166,7 +170,8 @@ def main() -> None:
               f"= {rss_target:.0f} MB  {'PASS' if r['peak_rss_mb'] <= rss_target else 'MISS'}")
     verdict = "EQUAL" if check.returncode == 0 else f"NOT EQUAL (exit {check.returncode})"
     print(f"ours vs transformers' output (electra-bridge verify): {verdict}")
-    summary = {"checkpoint_mb": ckpt_bytes / MB, "written_safetensors_mb": written / MB, "results": results,
+    summary = {"rounds": args.repeats, "load_average": [min(loads), max(loads)], "threads": args.threads,
+               "checkpoint_mb": ckpt_bytes / MB, "written_safetensors_mb": written / MB, "results": results,
                "speedup_vs_transformers": speedup, "rss_target_mb": rss_target, "speed_pass": speed_ok,
                "rss_pass": rss_ok, "outputs_equal": check.returncode == 0}
     (OUT / "bench_tf1_convert.json").write_text(json.dumps(summary, indent=2) + "\n")
