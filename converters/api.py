@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaE
 from . import inputs as user_inputs
 from . import text as text_inputs
 from . import tokenizer_assets
-from .engine import assets, output, pipeline, progress
+from .engine import assets, extras, output, pipeline, progress
 from .engine.format import ArtifactFormat, CheckpointFormat
 from .formats import FORMATS, all_formats, get_format
 
@@ -73,6 +74,7 @@ def open_runner(path: str | Path, fmt: str | None = None, *, runtime: str = "num
     fmt = fmt or detect_format(path)
     spec = get_format(fmt)
     if isinstance(spec, ArtifactFormat):
+        extras.require(spec.extra, f"running {path} ({spec.name})")
         return spec.open_runner(Path(path))
     return CheckpointRunner(read(path, fmt, head=head, **options), runtime, name=str(path))
 
@@ -147,10 +149,15 @@ class ConvertResult:
 def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None, head: str | None = None,
             verify: bool = True, force: bool = False, runtime: str = "numpy", atol: float | None = None,
             rtol: float | None = None, read_options: Mapping | None = None,
-            write_options: Mapping | None = None) -> ConvertResult:
+            write_options: Mapping | None = None, dtype: str | None = None,
+            min_agreement: float | None = None) -> ConvertResult:
     """Convert ``src`` into folder ``out`` as format ``to``; verify the result against the source.
 
-    On a mismatch nothing is left at ``out`` and VerificationError carries the report.
+    ``dtype`` ("float32", "float16", "bfloat16"; None keeps the stored dtypes) casts the
+    weights once on their way to the writer; the written artifact is verified against the
+    source computed in float32 (never against a half copy of itself), with the tolerance row
+    of its dtype, its prediction agreement (``min_agreement`` gates on it) and, for float16,
+    the overflow audit. On a mismatch nothing is left at ``out`` and VerificationError carries the report.
     ``read_options={"net": "both"}`` (Google pretraining checkpoints) converts each net into
     ``out/discriminator`` and ``out/generator``; the result lists both in ``parts``.
     """
@@ -158,9 +165,10 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     if read_options.get("net") == "both":
         results = [convert(src, Path(out) / net, to, fmt=fmt, head=head, verify=verify, force=force, runtime=runtime,
                            atol=atol, rtol=rtol, read_options={**read_options, "net": net},
-                           write_options=write_options)
+                           write_options=write_options, dtype=dtype, min_agreement=min_agreement)
                    for net in ("discriminator", "generator")]
         return ConvertResult(Path(out), results[0].source, results[0].report, results)
+    pipeline.cast_dtype(dtype)                       # an unknown --dtype fails before the read
     ckpt = read(src, fmt, head=head, **read_options)
     out = Path(out)
     reports: list[Report] = []
@@ -174,12 +182,15 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
             source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
             written = open_runner(tmp, to)
             written.name = str(out)
-            report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol)
+            report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
+                             min_agreement=min_agreement)
             reports.append(report)
             if not report.ok:
-                raise VerificationError(f"{out} does not match {src}:\n{report.table()}", report)
+                why = report.problem()
+                raise VerificationError(f"{out} does not match {src}" + (f": {why}" if why else "") +
+                                        f":\n{report.table()}", report)
 
-        _write_verified(tracked, out, to, force=force, check=check if verify else None,
+        _write_verified(pipeline.cast(tracked, dtype), out, to, force=force, check=check if verify else None,
                         options=dict(write_options or {}))
     return ConvertResult(out, ckpt, reports[0] if reports else None)
 
@@ -188,14 +199,15 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
            rtol: float | None = None, runtime: str = "numpy", batch_for=None, text: Sequence[str] | None = None,
            text_pair: Sequence[str] | None = None, inputs: str | Path | Mapping | None = None,
            report: str | Path | None = None, plot: str | Path | None = None,
-           read_options: Mapping | None = None) -> Report:
+           read_options: Mapping | None = None, min_agreement: float | None = None) -> Report:
     """Compare every output of every common head of two models of any formats (B is the reference).
 
     Inputs: the standard probe batch, or ``text`` (with optional ``text_pair``) tokenized with
     the vocabulary beside A (else B), or ``inputs`` (an .npz path or a dict of int arrays
     [B, S] / [B, K, S]). ``report`` writes JSON or Markdown by extension, ``plot`` a PNG of the
     per-layer drift. ``read_options`` (e.g. ``{"net": "generator"}``) reach each side's reader
-    when its format declares them.
+    when its format declares them. ``min_agreement`` fails the report when a head's prediction
+    agreement is below it.
     """
     if sum(x is not None for x in (batch_for, text, inputs)) > 1:
         raise SchemaError("give at most one of text, inputs and batch_for")
@@ -230,7 +242,8 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     names = list(heads) if heads is not None else [h for h in runners[0].heads if h in runners[1].heads]
     with progress.Progress(2 * len(names) + _tensor_count(runners), "reading") as bar:
         tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]
-        result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for)
+        result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for,
+                         min_agreement=min_agreement)
     result.source = source
     if report is not None:
         result.write(report)
@@ -290,7 +303,8 @@ def inspect(path: str | Path, fmt: str | None = None) -> dict:
         "provenance": dict(ckpt.provenance),
         "config": ckpt.config.to_dict(),
         "num_parameters": ckpt.num_parameters,
-        "tensors": [{"name": n, "shape": list(t.shape), "dtype": str(np.dtype(t.dtype))}
+        "dtypes": dict(Counter(np.dtype(t.dtype).name for t in ckpt.tensors.values()).most_common()),
+        "tensors": [{"name": n, "shape": list(t.shape), "dtype": np.dtype(t.dtype).name}
                     for n, t in sorted(ckpt.tensors.items())],
         "assets": sorted(ckpt.assets),
     }

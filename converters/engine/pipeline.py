@@ -9,9 +9,10 @@ write: writability checks -> rules bound -> prefixes added -> native tensors in 
        native layout, each loaded only when the codec writes it -> config.json + assets.
 
 dtype contract: codecs report the stored dtype (``ml_dtypes.bfloat16`` for bf16). The
-canonical checkpoint holds float32 or float16; bfloat16 is widened to float32 here, once,
-exactly (bf16 is the top half of a float32). Integer, bool and complex tensors are refused:
-no ELECTRA parameter is one.
+canonical checkpoint keeps it (float32, float16 or bfloat16; byte order made native), and
+writers write it back unchanged: a bf16 file comes back bf16, bit for bit. A ``--dtype``
+cast is ``cast`` below, applied once on the way to a writer; runtimes compute in float32
+from half weights. Integer, bool and complex tensors are refused: no ELECTRA parameter is one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from electra_bridge.schemas import (
@@ -29,7 +31,7 @@ from electra_bridge.schemas import (
 )
 from electra_bridge.schemas.tensors import BACKBONE_GROUPS
 
-from . import shards
+from . import extras, shards
 from .assets import collect, config_for, write_assets
 from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
 from .rules import Binding, Rule, account, bind, ignored_reason
@@ -37,8 +39,11 @@ from .rules import Binding, Rule, account, bind, ignored_reason
 log = logging.getLogger("electra_bridge")
 
 #: stored dtypes a canonical checkpoint takes as they are
-KEPT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+KEPT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 BFLOAT16 = "bfloat16"
+#: ``--dtype`` names -> the numpy dtype a cast writes
+CAST_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+               "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
 def check_options(fmt, stage: str, options: Mapping[str, object]) -> None:
@@ -63,6 +68,7 @@ def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, co
          **options) -> Checkpoint:
     """Read ``path`` (a folder or a file) of format ``fmt`` into a canonical Checkpoint."""
     path = Path(path)
+    extras.require(fmt.extra, f"reading {fmt.name}")
     check_options(fmt, "read", options)
     weights = fmt.codec.locate(path)
     if weights is None or not weights.exists():
@@ -127,21 +133,60 @@ def drop_tied(natives: dict[str, NativeTensor], plan: Plan, source: Path) -> dic
 
 
 def canonical_dtype(tensor: NativeTensor, source: Path) -> np.dtype:
-    if tensor.dtype.name == BFLOAT16:
-        return np.dtype(np.float32)
-    if np.dtype(tensor.dtype).newbyteorder("=") not in KEPT_DTYPES:
+    """The stored dtype, kept (native byte order); anything but float32/float16/bfloat16 is refused."""
+    dtype = np.dtype(tensor.dtype)
+    if dtype.name == BFLOAT16:
+        return np.dtype(ml_dtypes.bfloat16)
+    if dtype.kind != "f" or dtype.newbyteorder("=") not in KEPT_DTYPES:
         raise FormatError(f"{source}: {tensor.name} has dtype {tensor.dtype}; ELECTRA parameters are float32, "
                           "float16 or bfloat16")
-    return np.dtype(tensor.dtype).newbyteorder("=")
+    return dtype.newbyteorder("=")
 
 
 def _lazy(tensor: NativeTensor, binding: Binding, dtype: np.dtype) -> LazyTensor:
     def load() -> np.ndarray:
         arr = tensor.load()
-        if arr.dtype != dtype:   # bfloat16 -> float32 (exact), byte order -> native
+        if arr.dtype != dtype:   # byte order -> native; the value type is kept
             arr = arr.astype(dtype)
         return binding.layout.to_canonical(arr)
     return LazyTensor(binding.canonical_shape, dtype, load)
+
+
+def cast_dtype(name: str | None) -> np.dtype | None:
+    if name is None:
+        return None
+    if name not in CAST_DTYPES:
+        raise SchemaError(f"--dtype {name}: choose one of {', '.join(CAST_DTYPES)}")
+    return CAST_DTYPES[name]
+
+
+def cast(ckpt: Checkpoint, dtype: str | None) -> Checkpoint:
+    """``ckpt`` with every tensor cast to ``dtype`` (``--dtype``; None: as stored), lazily, once.
+
+    float16 cannot hold a weight beyond +-65504: such a tensor is refused, named, when it is
+    cast (before the writer stores it), instead of being written as inf.
+    """
+    target = cast_dtype(dtype)
+    if target is None:
+        return ckpt
+    source = ckpt.provenance.get("path", "checkpoint")
+
+    def lazy(name, tensor):
+        if np.dtype(tensor.dtype) == target:
+            return tensor
+
+        def load():
+            arr = np.asarray(materialize(tensor))
+            out = arr.astype(target)
+            if target == np.float16 and not np.all(np.isfinite(out)) and np.all(np.isfinite(arr)):
+                peak = float(np.max(np.abs(arr.astype(np.float32))))
+                raise SchemaError(f"{source}: {name} holds a weight of magnitude {peak:.4g}, beyond float16's "
+                                  "range (65504); it cannot be written as float16 (--dtype bfloat16 keeps the range)")
+            return out
+        return LazyTensor(tuple(tensor.shape), target, load)
+
+    tensors = {n: lazy(n, t) for n, t in ckpt.tensors.items()}
+    return ckpt.with_(tensors=tensors, provenance={**ckpt.provenance, "dtype": dtype})
 
 
 def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path) -> Checkpoint:
@@ -186,6 +231,7 @@ def native_tensors(fmt: CheckpointFormat, ckpt: Checkpoint) -> list[NativeTensor
 
 def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list[Path]:
     """Write ``ckpt`` into folder ``out`` (which exists and is empty) as ``fmt``."""
+    extras.require(fmt.extra, f"writing {fmt.name}")
     check_options(fmt, "write", options)
     fmt.check_writable(ckpt)
     check_head(fmt, ckpt)
@@ -195,6 +241,7 @@ def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list
 
 def export(fmt: ArtifactFormat, ckpt: Checkpoint, out: Path, **options) -> list[Path]:
     """Export ``ckpt`` into folder ``out`` as the artifact ``fmt`` (files + config.json + assets)."""
+    extras.require(fmt.extra, f"exporting {fmt.name}")
     check_options(fmt, "write", options)
     check_head(fmt, ckpt)
     paths = fmt.export(ckpt, out, **{k: v for k, v in options.items() if v is not None})
