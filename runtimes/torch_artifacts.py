@@ -6,12 +6,26 @@ outputs (transformers names) and ``hidden_states.0..L``. Each file carries a sma
 record (``electra_bridge.json``, stored inside the archive as an extra file) with the
 head, the config and the input/output names, so a lone file still says what it is.
 Loading needs only torch: no electra_bridge code is referenced by the artifacts.
+
+Opening an artifact never executes code from it. A ``.pt2`` is read into memory once and
+checked by ``check_pt2`` (only the members, payloads, expressions, guards and operators that
+our own export writes; everything torch.export.load would pickle-load, ``eval`` or compile is
+refused) before torch.export.load sees those same bytes. A TorchScript file is loaded by
+``torch.jit.load`` from the same in-memory bytes: its code is TorchScript (compiled by torch's
+TorchScript frontend, not Python ``exec``) and its pickles go through TorchScript's own
+unpickler, which builds only tensors and TorchScript types, never arbitrary Python globals.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import json
 import logging
+import os
+import re
+import stat
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +71,170 @@ def parse_metadata(raw: str | bytes, path: Path) -> dict:
     return meta
 
 
+# --- opening a .pt2 without executing anything in it ---------------------------------------------
+#: largest artifact file read into memory (the weights of a large ELECTRA are ~1.4 GB)
+MAX_ARTIFACT_BYTES = 8 << 30
+#: every member a torch.export.save archive of ours holds, below its one root folder
+_PT2_MEMBER = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+                         r"|models/model\.json|data/weights/(model_weights_config\.json|weight_\d+)"
+                         r"|data/constants/(model_constants_config\.json|tensor_\d+)"
+                         r"|data/sample_inputs/model\.pt|extra/" + re.escape(META_NAME) + r")")
+#: node targets a program of ours calls: aten operators (and getitem on their tuple outputs)
+_PT2_TARGET = re.compile(r"torch\.ops\.aten\.\w+\.\w+|_operator\.getitem")
+_SIZE = r"L\['(?:" + "|".join(INPUT_NAMES) + r")'\]\.size\(\)\[\d\]"
+_ATOM = rf"(?:{_SIZE}|-?\d+)"
+#: a guard of ours: sizes of the inputs compared with each other or with integers
+_PT2_GUARD = re.compile(rf"{_ATOM}(?: (?:==|!=|<=|>=|<|>) {_ATOM})+")
+#: the sympy constructors a symbolic size expression of ours is written with (srepr form)
+_SYMPY_CALLS = frozenset({"Symbol", "Integer", "Add", "Mul", "Pow", "Max", "Min", "Mod", "FloorDiv",
+                          "CleanDiv", "CeilDiv", "PythonMod", "Rational"})
+_SYMBOL = re.compile(r"[a-z]\d+")
+
+
+def _sympy_expr_ok(text: str) -> bool:
+    """True when ``text`` is only nested calls of known sympy constructors on int/bool/symbol-name literals."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+
+    def ok(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return type(node.value) in (int, bool) or (type(node.value) is str and bool(_SYMBOL.fullmatch(node.value)))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return ok(node.operand)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS:
+            return all(map(ok, node.args)) and all(
+                k.arg is not None and k.arg.isidentifier() and isinstance(k.value, ast.Constant)
+                and type(k.value.value) is bool for k in node.keywords)
+        return False
+
+    return len(text) <= 10_000 and ok(tree.body)
+
+
+def _walk(obj, key: str = ""):
+    """(key, value) of every scalar in a JSON document."""
+    stack = [(key, obj)]
+    while stack:
+        key, obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend(obj.items())
+        elif isinstance(obj, list):
+            stack.extend((key, v) for v in obj)
+        else:
+            yield key, obj
+
+
+def check_pt2(data: bytes, path: Path) -> None:
+    """Refuse a ``.pt2`` archive unless everything torch.export.load would execute is known inert.
+
+    torch 2.13's ``torch.export.load`` runs code from the archive in four ways: ``torch.load(...,
+    weights_only=False)`` of pickled weights/constants and, as a fallback, of the sample inputs;
+    ``pickle.loads`` / ``torch._C._pickle_load_obj`` of opaque and custom-object constants;
+    ``sympy.sympify`` (an ``eval``) of every symbolic size expression; and the guard strings
+    (``guards_code``), compiled into Python that runs on each call; node targets resolve to any
+    attribute of ``torch`` (``torch.hub.load`` would do). So an archive is opened only when it is
+    the shape electra-bridge writes: the known members below one root (no AOTInductor ``.so``, no
+    legacy pickles), no pickled weight or constant, sample inputs that torch's ``weights_only``
+    unpickler accepts (so the fallback never runs), every size expression a tree of sympy
+    constructors on literals, every guard a comparison of input sizes, every node an aten operator.
+    Anything else is a FormatError; the bytes checked are the bytes then loaded (one read).
+    """
+    torch = import_torch()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise FormatError(f"{path} is not a torch.export archive ({exc})") from exc
+    roots = {i.filename.split("/", 1)[0] for i in infos}
+    if len(roots) != 1:
+        raise FormatError(f"{path}: a torch.export archive has one root folder, this one has {len(roots)}")
+    root = roots.pop() + "/"
+    unknown = [i.filename for i in infos if not _PT2_MEMBER.fullmatch(i.filename[len(root):])]
+    if unknown:
+        raise FormatError(f"{path}: archive member {unknown[0]!r} is not part of an electra-bridge torch.export "
+                          "file; refusing to load it (torch.export.load could execute it)")
+    if sum(i.file_size for i in infos) > 4 * MAX_ARTIFACT_BYTES:
+        raise FormatError(f"{path}: the archive claims {sum(i.file_size for i in infos)} bytes uncompressed")
+
+    def read_json(name: str, required: bool = True):
+        try:
+            return json.loads(archive.read(root + name))
+        except KeyError:
+            if required:
+                raise FormatError(f"{path}: archive member {root + name} is missing") from None
+            return {}
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError, RecursionError) as exc:
+            raise FormatError(f"{path}: archive member {root + name} is unreadable ({exc})") from exc
+
+    for name in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+        config = read_json(name, required=name.startswith("data/weights"))
+        entries = config.get("config", {}) if isinstance(config, dict) else None
+        if not isinstance(entries, dict) or any(
+                not isinstance(e, dict) or e.get("use_pickle") is not False
+                or not re.fullmatch(r"(weight|tensor)_\d+", str(e.get("path_name"))) for e in entries.values()):
+            raise FormatError(f"{path}: {root + name} names a pickled or non-tensor payload; refusing to load it")
+    program = read_json("models/model.json")
+    if not isinstance(program, dict):
+        raise FormatError(f"{path}: {root}models/model.json is not a program")
+    for key, value in _walk(program):
+        if key == "expr_str" and not (isinstance(value, str) and _sympy_expr_ok(value)):
+            raise FormatError(f"{path}: symbolic size expression {str(value)[:80]!r} is not a plain sympy "
+                              "expression; refusing to load it (sympify would evaluate it)")
+    guards = program.get("guards_code", [])
+    if not isinstance(guards, list) or not all(isinstance(g, str) and _PT2_GUARD.fullmatch(g) for g in guards):
+        raise FormatError(f"{path}: guards_code holds code that is not an input-size comparison; refusing to load it")
+    nodes = ((program.get("graph_module") or {}).get("graph") or {}).get("nodes", [])
+    for node in nodes if isinstance(nodes, list) else [None]:
+        target = node.get("target") if isinstance(node, dict) else None
+        if not (isinstance(target, str) and _PT2_TARGET.fullmatch(target)):
+            raise FormatError(f"{path}: graph node target {str(target)[:80]!r} is not an aten operator; "
+                              "refusing to load it")
+    try:
+        sample = archive.read(root + "data/sample_inputs/model.pt")
+        torch.load(io.BytesIO(sample), weights_only=True)
+    except KeyError:
+        raise FormatError(f"{path}: archive member {root}data/sample_inputs/model.pt is missing") from None
+    except Exception as exc:  # weights_only refusals are UnpicklingError, RuntimeError, ...
+        raise FormatError(f"{path}: the sample inputs are not plain tensors ({str(exc).splitlines()[0][:200]}); "
+                          "refusing to load them (torch.export.load would unpickle them unrestricted)") from exc
+
+
+def read_artifact(path: Path) -> bytes:
+    """The bytes of an artifact file: a regular file (no FIFO, no device) of at most MAX_ARTIFACT_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot open ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{path} is not a regular file")
+        if st.st_size > MAX_ARTIFACT_BYTES:
+            raise FormatError(f"{path} is {st.st_size} bytes, more than the {MAX_ARTIFACT_BYTES} an artifact may be")
+        return f.read(MAX_ARTIFACT_BYTES + 1)
+
+
 def load_torchscript(path: Path):
     """(callable module, metadata) of a TorchScript file."""
     torch = import_torch()
     extra = {META_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(read_artifact(path)), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise FormatError(f"{path} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from exc
     return module.eval(), parse_metadata(extra[META_NAME], path)
 
 
 def load_torch_export(path: Path):
-    """(callable module, metadata) of a torch.export ``.pt2`` file."""
+    """(callable module, metadata) of a torch.export ``.pt2`` file, refused by ``check_pt2`` unless inert."""
     torch = import_torch()
     extra = {META_NAME: ""}
+    data = read_artifact(path)
+    check_pt2(data, path)
     try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except (RuntimeError, ValueError, KeyError) as exc:
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
+    except (RuntimeError, ValueError, KeyError, AssertionError, TypeError) as exc:
         raise FormatError(f"{path} is not a loadable torch.export program: {str(exc).splitlines()[0]}") from exc
     return program.module(), parse_metadata(extra[META_NAME], path)
 

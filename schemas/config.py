@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,87 @@ from .errors import SchemaError
 #: Activations every runtime implements (see runtimes/forward.py ACTIVATIONS).
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh", "linear")
 SUPPORTED_SUMMARY_TYPES = ("first", "last", "mean")
+
+#: upper bounds of the sizes (far above any published ELECTRA; they stop a hostile config.json from
+#: driving loops and allocations before any tensor is read): field -> largest accepted value
+SIZE_LIMITS = {"vocab_size": 1 << 22, "embedding_size": 1 << 16, "hidden_size": 1 << 16, "num_hidden_layers": 512,
+               "num_attention_heads": 1 << 12, "intermediate_size": 1 << 18, "max_position_embeddings": 1 << 20,
+               "type_vocab_size": 1 << 12}
+MAX_LABELS = 1 << 16
+#: a config.json larger than this is not a config (read no further)
+MAX_CONFIG_BYTES = 16 << 20
+_INT_FIELDS = (*SIZE_LIMITS, "pad_token_id")
+_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+                 "summary_last_dropout", "classifier_dropout")
+_BOOL_FIELDS = ("summary_use_proj", "use_cache", "is_decoder", "tie_word_embeddings")
+_STR_FIELDS = ("hidden_act", "position_embedding_type", "summary_type", "summary_activation")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_types(kwargs: Mapping[str, Any]) -> None:
+    """Raise SchemaError unless every known key of a config dict has its type and a sane range
+    (run before anything is built from it: a num_hidden_layers of 10^9 must never reach a loop)."""
+    problems = []
+    for name, value in kwargs.items():
+        if name in _INT_FIELDS:
+            if not _is_int(value) and not (isinstance(value, float) and value.is_integer()):
+                problems.append(f"{name} must be an integer, got {value!r}"[:200])
+            elif name in SIZE_LIMITS and not 1 <= value <= SIZE_LIMITS[name]:
+                problems.append(f"{name} must be in 1..{SIZE_LIMITS[name]}, got {value}")
+            elif name == "pad_token_id" and not -1 <= value <= SIZE_LIMITS["vocab_size"]:
+                problems.append(f"pad_token_id {value} is out of range")
+        elif name in _FLOAT_FIELDS:
+            if value is None and name == "classifier_dropout":
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}"[:200])
+        elif name in _BOOL_FIELDS and not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {value!r}"[:200])
+        elif name in _STR_FIELDS and not (isinstance(value, str) or (value is None and name == "summary_activation")):
+            problems.append(f"{name} must be a string, got {value!r}"[:200])
+    if problems:
+        raise SchemaError("invalid ELECTRA config:\n  " + "\n  ".join(problems))
+
+
+def _labels(id2label: Any, num_labels: Any) -> tuple[str, ...] | None:
+    """Label names from id2label (ids 0..n-1) or num_labels, bounded by MAX_LABELS."""
+    if id2label:
+        if not isinstance(id2label, Mapping) or len(id2label) > MAX_LABELS:
+            raise SchemaError(f"config id2label must be a map of at most {MAX_LABELS} ids to names")
+        try:
+            ids = sorted(int(k) for k in id2label)
+        except (TypeError, ValueError):
+            raise SchemaError("config id2label keys must be the integers 0..n-1") from None
+        if ids != list(range(len(ids))) or not all(isinstance(v, str) for v in id2label.values()):
+            raise SchemaError("config id2label must map the ids 0..n-1 to label names (strings)")
+        return tuple(id2label[k] for k in sorted(id2label, key=int))
+    if num_labels is None:
+        return None
+    if not _is_int(num_labels) or not 1 <= num_labels <= MAX_LABELS:
+        raise SchemaError(f"config num_labels must be an integer in 1..{MAX_LABELS}, got {num_labels!r}"[:200])
+    return tuple(f"LABEL_{i}" for i in range(num_labels))
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: a regular file (no FIFO or device: never blocks, never endless)
+    of at most MAX_CONFIG_BYTES, UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise SchemaError(f"cannot read config {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SchemaError(f"cannot read config {path}: not a regular file")
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SchemaError(f"cannot read config {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"cannot read config {path}: not UTF-8 ({exc.reason})") from exc
 
 @dataclass(frozen=True)
 class ElectraConfig:
@@ -94,6 +178,10 @@ class ElectraConfig:
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+            elif getattr(self, name) > SIZE_LIMITS[name]:
+                problems.append(f"{name} {getattr(self, name)} is larger than the {SIZE_LIMITS[name]} accepted")
+        if not 1 <= self.num_labels <= MAX_LABELS:
+            problems.append(f"num_labels {self.num_labels} is outside 1..{MAX_LABELS}")
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             problems.append(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
         if self.summary_activation not in (*SUPPORTED_ACTIVATIONS, None):
@@ -115,19 +203,23 @@ class ElectraConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ElectraConfig":
         """Build from an HF config.json dict. ``num_labels`` alone gives LABEL_i names."""
+        if not isinstance(data, Mapping):
+            raise SchemaError(f"config.json must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         if data.get("model_type", "electra") != "electra":
             raise SchemaError(f"config.json has model_type {data['model_type']!r}, expected 'electra'")
         known = {f.name for f in dataclasses.fields(cls)} - {"labels", "architectures", "extra"}
         kwargs: dict[str, Any] = {k: data.pop(k) for k in list(data) if k in known}
-        id2label = data.pop("id2label", None)
+        check_types(kwargs)
+        kwargs.update({k: int(v) for k, v in kwargs.items() if k in _INT_FIELDS})
         data.pop("label2id", None)
-        num_labels = data.pop("num_labels", None)
-        if id2label:
-            kwargs["labels"] = tuple(id2label[k] for k in sorted(id2label, key=int))
-        elif num_labels is not None:
-            kwargs["labels"] = tuple(f"LABEL_{i}" for i in range(int(num_labels)))
-        kwargs["architectures"] = tuple(data.pop("architectures", None) or ())
+        labels = _labels(data.pop("id2label", None), data.pop("num_labels", None))
+        if labels is not None:
+            kwargs["labels"] = labels
+        architectures = data.pop("architectures", None) or ()
+        if not isinstance(architectures, (list, tuple)) or not all(isinstance(a, str) for a in architectures):
+            raise SchemaError("config architectures must be a list of class names")
+        kwargs["architectures"] = tuple(architectures)
         data.pop("model_type", None)
         kwargs["extra"] = tuple(sorted(data.items()))
         return cls(**kwargs)
@@ -135,8 +227,8 @@ class ElectraConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ElectraConfig":
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(read_config_text(path))
+        except (ValueError, RecursionError) as exc:
             raise SchemaError(f"cannot read config {path}: {exc}") from exc
         return cls.from_dict(data)
 

@@ -31,7 +31,7 @@ from electra_bridge.schemas import (
 )
 from electra_bridge.schemas.tensors import BACKBONE_GROUPS
 
-from . import extras, shards
+from . import extras, files, shards
 from .assets import collect, config_for, write_assets
 from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
 from .rules import Binding, Rule, account, bind, ignored_reason
@@ -73,6 +73,10 @@ def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, co
     weights = fmt.codec.locate(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {fmt.name} weights found")
+    root = files.source_root(path)
+    files.confined(weights, root, "weights file")
+    if (weights.parent / "config.json").exists() and not config:
+        files.confined(weights.parent / "config.json", root, "config.json")
     natives = strip_prefix(list_natives(fmt, weights), fmt.head_prefix, weights)
     request = ReadRequest(weights, natives, head, config, {k: v for k, v in options.items() if v is not None})
     plan = fmt.plan(request) if fmt.plan is not None else hf_plan(fmt, request)

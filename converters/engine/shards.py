@@ -15,6 +15,7 @@ from pathlib import Path
 
 from electra_bridge.schemas import FormatError
 
+from .files import confined, read_small
 from .format import NativeTensor
 
 
@@ -25,9 +26,9 @@ def is_index(path: Path) -> bool:
 def weight_map(index: Path) -> dict[str, Path]:
     """key -> shard path, each shard confined to the index's folder."""
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = json.loads(read_small(index).decode("utf-8"))
         mapping = data["weight_map"]
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{index} is not a valid shard index ({type(exc).__name__}: {exc})") from None
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise FormatError(f"{index}: weight_map must map tensor names to shard file names")
@@ -46,10 +47,12 @@ def list_sharded(index: Path, list_file: Callable[[Path], Mapping[str, NativeTen
                  index_key: Callable[[str], str]) -> dict[str, NativeTensor]:
     """Every native tensor of an index's shards, each from the shard the index names."""
     promised = {index_key(key): shard for key, shard in weight_map(index).items()}
+    folder = index.parent.resolve()
     found: dict[str, NativeTensor] = {}
     for shard in sorted(set(promised.values())):
-        if not shard.is_file():
+        if not shard.exists():
             raise FormatError(f"{index.name} names shard {shard.name}, which is missing")
+        confined(shard, folder, "shard")
         for name, tensor in list_file(shard).items():
             if name in found:
                 raise FormatError(f"{index.name}: {name} is stored in two shards ({shard.name} and another)")

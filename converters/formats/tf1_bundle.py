@@ -209,7 +209,8 @@ def resolve_prefix(path: str | Path) -> Path:
     """The bundle prefix (``.../model.ckpt-N``) of a folder, a ``checkpoint`` state file, a
     prefix, its ``.index`` or one of its data shards. A folder's ``checkpoint`` file names the
     latest; a path in it that does not exist here (absolute paths from the training machine,
-    ``gs://``) is looked up by its base name beside the file."""
+    ``gs://``) is looked up by its base name beside the file: a bundle is only ever read from
+    the state file's own folder."""
     path = Path(path)
     if path.is_file() and path.name.endswith(".index"):
         return path.with_name(path.name[: -len(".index")])
@@ -219,13 +220,17 @@ def resolve_prefix(path: str | Path) -> Path:
         return path
     folder, state = (path, path / "checkpoint") if path.is_dir() else (path.parent, path)
     if state.is_file() and state.name == "checkpoint":
-        match = _CKPT_STATE.search(state.read_text(errors="replace"))
+        with open(state, "rb") as fh:  # a state file is a few lines; read no more than 1 MiB of it
+            match = _CKPT_STATE.search(fh.read(1 << 20).decode("utf-8", errors="replace"))
         if match:
-            named = match.group(1).encode().decode("unicode_escape")
-            for candidate in (Path(named), folder / named, folder / named.replace("\\", "/").rsplit("/", 1)[-1]):
-                if index_path(candidate).is_file():
-                    return candidate
-            raise FormatError(f"{state} names {named!r}, but no {Path(named).name}.index is in {folder}")
+            named = match.group(1).encode().decode("unicode_escape", errors="replace")
+            base = named.replace("\\", "/").rsplit("/", 1)[-1]
+            # only the bundle beside the state file, by base name: never the path as written
+            # (absolute, ../, the working folder), so no byte is read from outside the folder
+            candidate = folder / base
+            if base not in ("", ".", "..") and index_path(candidate).is_file():
+                return candidate
+            raise FormatError(f"{state} names {named!r}, but no {base}.index is in {folder}")
     if path.is_dir():
         indexes = sorted(p for p in path.glob("*.index") if has_table_magic(p))
         if len(indexes) == 1:
