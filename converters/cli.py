@@ -36,6 +36,10 @@ tolerance: an element passes when |a-b| <= atol + rtol*|b| (B is the reference).
 come from one table keyed by (runtime, dtype); a pair takes the looser of its two sides:
 """ + "\n".join(f"  {rt:<22} {dt:<8} atol {at:<7g} rtol {rt_:g}" for (rt, dt), (at, rt_) in TOLERANCES.items()) + """
 
+agreement: every report adds, per head, the fraction of unpadded positions where A and B
+predict the same (top-1, QA start/end, discriminator logit > 0); --min-agreement F gates on it.
+When a side is float16, the reference's largest activation per layer is audited against 65504.
+
 localisation: when both sides expose hidden states the report adds per-layer drift
 (embeddings, each layer, head) and names the first stage out of tolerance.
 
@@ -62,6 +66,12 @@ def _add_tolerance(p: argparse.ArgumentParser) -> None:
                    help="runtime that executes checkpoint sides (default: numpy reference)")
 
 
+def _add_agreement(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-agreement", type=float, metavar="F",
+                   help="also fail (exit 1) when a head's prediction agreement -- top-1, start/end, replaced-token "
+                        "decisions, over unpadded positions -- is below the fraction F (e.g. 0.99)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="electra-bridge",
@@ -84,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace OUT if it exists")
     c.add_argument("--no-verify", action="store_true", help="skip the equal-output check (not recommended)")
     c.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="cast the weights on write (default: keep the stored dtypes); the result is verified "
+                        "against the source run in float32, with that dtype's tolerance row")
     _add_tolerance(c)
+    _add_agreement(c)
     for opt in options:
         c.add_argument(opt.flag, dest=opt.dest, help=f"[{opt.stage}] {opt.help}", **opt.kwargs)
     _add_common(c)
@@ -108,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--text-pair", action="append", metavar="TEXT",
                    help="second segment for the --text of the same position (repeat once per --text)")
     _add_tolerance(v)
+    _add_agreement(v)
     for opt in options:
         if opt.stage == "read":   # e.g. --net: reaches the sides whose format declares it
             v.add_argument(opt.flag, dest=opt.dest, help=f"[read] {opt.help}", **opt.kwargs)
@@ -141,7 +156,8 @@ def _options(args: argparse.Namespace, stage: str) -> dict:
 def cmd_convert(args: argparse.Namespace) -> int:
     result = api.convert(args.src, args.out, args.to, fmt=args.fmt, head=args.head, verify=not args.no_verify,
                          force=args.force, runtime=args.runtime, atol=args.atol, rtol=args.rtol,
-                         read_options=_options(args, "read"), write_options=_options(args, "write"))
+                         read_options=_options(args, "read"), write_options=_options(args, "write"),
+                         dtype=args.dtype, min_agreement=args.min_agreement)
     parts = result.outputs
     if args.json:  # stdout is exactly one JSON document (a list when several folders were written)
         docs = [{"out": str(r.out), "format": args.to, "head": r.source.head, "verified": r.report is not None,
@@ -158,7 +174,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     report = api.verify(args.a, args.b, heads=args.heads, atol=args.atol, rtol=args.rtol, runtime=args.runtime,
                         text=args.text, text_pair=args.text_pair, inputs=args.inputs, report=args.report,
-                        plot=args.plot, read_options=_options(args, "read"))
+                        plot=args.plot, read_options=_options(args, "read"), min_agreement=args.min_agreement)
     print(report.to_json() if args.json else report.table())
     if not args.json and not args.quiet:
         for kind, path in (("report", args.report), ("plot", args.plot)):
@@ -185,6 +201,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     print(f"format: {info['format']}\nhead: {info.get('head')}\nparameters: {info.get('num_parameters', 0):,}")
+    if info.get("dtypes"):
+        print("dtype: " + ", ".join(f"{d} ({n} tensors)" for d, n in info["dtypes"].items()))
     cfg = info.get("config", {})
     keys = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "intermediate_size", "max_position_embeddings", "hidden_act")

@@ -56,17 +56,29 @@ def load_ops(runtime: str):
     return module.make_ops()
 
 
+#: the half-precision dtypes a checkpoint may store, lossiest first (a runner's ``dtype`` is the lossiest present)
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def weights_dtype(ckpt: Checkpoint) -> str:
+    """The tolerance-table dtype of a checkpoint: "bfloat16" or "float16" when any tensor is stored so,
+    else "float32". Runtimes compute in float32 either way (``ops.param`` widens half weights)."""
+    stored = {np.dtype(t.dtype).name for t in ckpt.tensors.values()}
+    return next((d for d in HALF_DTYPES if d in stored), "float32")
+
+
 class CheckpointRunner:
     """Runs a canonical Checkpoint through ``forward`` with one framework's ops.
 
-    Parameters are converted once (``ops.param``); an ops namespace may offer ``compile``
+    Parameters are converted once (``ops.param``: float32, also from float16/bfloat16 weights,
+    whose stored dtype sets ``dtype``); an ops namespace may offer ``compile``
     (tf.function / jax.jit) which is applied per head.
     """
 
     def __init__(self, ckpt: Checkpoint, runtime: str = "numpy", name: str | None = None):
         self.ops = load_ops(runtime)
         self.runtime = runtime
-        self.dtype = "float32"
+        self.dtype = weights_dtype(ckpt)
         self.ckpt = ckpt
         self.config = ckpt.config
         self.heads = runnable_heads(ckpt.head)

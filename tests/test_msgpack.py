@@ -154,7 +154,7 @@ def test_chunked_arrays_match_flax_serialization(monkeypatch):
     assert np.array_equal(decoded["a/big"], params["a"]["big"]) and decoded["b"].dtype == np.float16
 
 
-def test_bfloat16_is_widened_exactly_and_scalars_are_refused(tmp_path):
+def test_bfloat16_is_kept_and_scalars_are_refused(tmp_path):
     serialization = pytest.importorskip("flax.serialization")
     import jax.numpy as jnp
     import ml_dtypes
@@ -165,11 +165,12 @@ def test_bfloat16_is_widened_exactly_and_scalars_are_refused(tmp_path):
     assert stored.dtype == ml_dtypes.bfloat16
     assert np.array_equal(stored.astype(np.float32), np.asarray(jnp.asarray(values, jnp.bfloat16).astype(jnp.float32)))
     bf16 = _with_tree(tmp_path, FLAX / "base", lambda t: {n: a.astype(ml_dtypes.bfloat16) for n, a in t.items()})
-    ckpt, source = read(bf16), read(FLAX / "base")                    # the engine widens to float32, exactly
+    ckpt, source = read(bf16), read(FLAX / "base")                    # the engine keeps bfloat16 (issue 12)
     for name in source.tensors:
-        widened = ckpt.array(name)
-        assert widened.dtype == np.float32
-        assert np.array_equal(widened, source.array(name).astype(ml_dtypes.bfloat16).astype(np.float32)), name
+        kept = ckpt.array(name)
+        assert kept.dtype == ml_dtypes.bfloat16
+        assert np.array_equal(kept.astype(np.float32),
+                              source.array(name).astype(ml_dtypes.bfloat16).astype(np.float32)), name
     with pytest.raises(FormatError, match="'step' is a"):
         msgpack_flax.decode(serialization.msgpack_serialize({"step": np.int32(3)}))
 

@@ -197,6 +197,10 @@ def read_as_tied(cfg: ElectraConfig, head: str, source: str) -> ElectraConfig:
 
 def check_writable(ckpt: Checkpoint) -> None:
     cfg, head = ckpt.config, ckpt.head
+    bf16 = sorted(n for n, t in ckpt.tensors.items() if np.dtype(t.dtype).name == "bfloat16")
+    if bf16:
+        raise SchemaError(f"tf_model.h5 cannot hold bfloat16 ({len(bf16)} tensors, e.g. {bf16[0]}): HDF5/h5py has "
+                          "no bfloat16 type; convert with --dtype float32 (exact) or --dtype float16")
     if head == "causal-lm":
         raise SchemaError(
             "transformers has no TF class for ElectraForCausalLM (no TFElectraForCausalLM exists), so a causal-lm "

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from electra_bridge.schemas import ROWS, Checkpoint, ElectraConfig, SchemaError
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 WEIGHTS, INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
 SEP = msgpack_flax.SEP
 TRAIN_STATE = "params" + SEP
-WRITABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+#: flax stores any of these (bfloat16 by its name, as jax's ml_dtypes type)
+WRITABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 #: flax.linen names by role; the untied decoder is a Dense kernel [E, V] <-> weight [V, E]
 LEAVES = Leaves(sep=SEP, kernel=("kernel", TRANSPOSE), bias=("bias", IDENTITY), scale=("scale", IDENTITY),
@@ -116,7 +118,7 @@ class MsgpackCodec:
         A tied generator gets no ``generator_lm_head/kernel``; an untied one gets it [E, V]."""
         odd = [f"{t.name} is {t.dtype}" for t in tensors if t.dtype not in WRITABLE_DTYPES]
         if odd:
-            raise SchemaError(f"{', '.join(odd)}; flax_model.msgpack is written as float32 or float16")
+            raise SchemaError(f"{', '.join(odd)}; flax_model.msgpack is written as float32, float16 or bfloat16")
         with open(out / WEIGHTS, "wb") as fh:
             msgpack_flax.write(fh, {t.name: t for t in tensors}, lambda t: t.load())
         return [out / WEIGHTS]

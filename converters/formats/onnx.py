@@ -26,6 +26,14 @@ LayerNormalization, Softmax contrib and standard ops); ``--plain``: the emitted 
 standard ONNX ops only, for any ONNX runtime. ``--quantize int8``: ONNX Runtime dynamic
 quantization (int8 weights of the dense layers); the convert step still verifies it
 against the float32 source and prints the measured logit deviation.
+
+float16 (``convert --dtype float16``, or a float16 checkpoint): the same graph, then
+runtimes/onnx_fuse.py ``to_float16``: weights and the dense/GELU/residual arithmetic in
+float16, while LayerNorm, softmax, the fused Attention kernel and the attention-mask
+arithmetic stay float32 (float16 would overflow there); inputs stay int64 and outputs
+float32, so the artifact is a drop-in for the float32 one. bfloat16 weights are exported
+as float32 (exact: bf16 is the top half of a float32); ``--dtype bfloat16`` to ONNX is
+refused (no bfloat16 graph is written: ONNX Runtime's CPU provider lacks the kernels).
 """
 
 from __future__ import annotations
@@ -165,6 +173,16 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
     if not plain and opset < MIN_FUSED_OPSET:
         raise SchemaError(f"the optimized graph needs opset >= {MIN_FUSED_OPSET} (LayerNormalization); "
                           f"pass --opset {MIN_FUSED_OPSET} or --plain")
+    from electra_bridge.runtimes.runner import weights_dtype
+
+    half = weights_dtype(ckpt)
+    if half == "bfloat16" and ckpt.provenance.get("dtype") == "bfloat16":
+        raise SchemaError("onnx cannot be written as bfloat16: electra-bridge writes float32 or float16 ONNX graphs "
+                          "(ONNX Runtime's CPU provider has no bfloat16 kernels for most of this graph); "
+                          "use --dtype float16, or keep float32")
+    if half == "float16" and quantize:
+        raise SchemaError("--quantize int8 quantizes a float32 graph: drop --dtype float16 (or convert the "
+                          "float16 checkpoint with --dtype float32 --quantize int8)")
     model = build_model(ckpt, opset=opset)
     if not plain:
         from electra_bridge.runtimes.onnx_fuse import fuse
@@ -174,6 +192,13 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
         fusions = fuse(model, ckpt.hf_config, quantizable=bool(quantize))
         log.info("onnx: fused %s", ", ".join(f"{n} {op}" for op, n in sorted(fusions.items())) or "nothing")
         _set_meta(model, graph="optimized")
+    if half == "float16":
+        from electra_bridge.runtimes.onnx_fuse import to_float16
+
+        counts = to_float16(model, ckpt.hf_config)
+        log.info("onnx: float16 graph (%d nodes float16, %d kept float32, %d casts)", counts["float16"],
+                 counts["float32"], counts["Cast"])
+        _set_meta(model, dtype="float16")
     path = out / MODEL_FILE
     if quantize:
         float_path = out / ".float32.onnx"

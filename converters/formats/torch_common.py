@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from electra_bridge.runtimes.torch_artifacts import LOADERS, META_NAME, TorchArtifactRunner, import_torch, metadata
-from electra_bridge.schemas import HEADS, Checkpoint, FormatError
+from electra_bridge.schemas import HEADS, Checkpoint, FormatError, SchemaError
 
 from ..engine.assets import ASSET_NAMES
 from ..engine.format import ArtifactFormat
@@ -80,6 +80,9 @@ def export_artifact(ckpt: Checkpoint, out: Path, fmt: str, file_name: str, compi
     from electra_bridge.runtimes.torch_fuse import fuse
     from electra_bridge.runtimes.torch_module import example_inputs, from_checkpoint
 
+    if ckpt.provenance.get("dtype") in ("float16", "bfloat16"):
+        raise SchemaError(f"{fmt} artifacts are written in float32 (their weights and graph); --dtype "
+                          f"{ckpt.provenance['dtype']} is for checkpoint formats and onnx (float16)")
     module = from_checkpoint(ckpt)       # eager reference; check_dynamic compares against it
     graph = fuse(module, module._ops)    # same math, fused LayerNorm/softmax/GELU kernels
     run, save = compile_(graph, example_inputs(ckpt.config, ckpt.head, **EXAMPLE), ckpt)
