@@ -23,10 +23,11 @@ RUNTIMES = {
     "torch": "electra_bridge.runtimes.ops_torch",
     "tf": "electra_bridge.runtimes.ops_tf",
     "jax": "electra_bridge.runtimes.ops_jax",
+    "keras": "electra_bridge.runtimes.ops_keras",
 }
 
 #: the pip extra that installs each runtime's framework
-RUNTIME_EXTRAS = {"torch": "torch", "tf": "tf", "jax": "jax"}
+RUNTIME_EXTRAS = {"torch": "torch", "tf": "tf", "jax": "jax", "keras": "keras"}
 
 
 class Runner(Protocol):

@@ -23,6 +23,7 @@ FORMATS: dict[str, str] = {
     "msgpack": "electra_bridge.converters.formats.msgpack",
     "torchscript": "electra_bridge.converters.formats.torchscript",
     "torch-export": "electra_bridge.converters.formats.torch_export",
+    "keras": "electra_bridge.converters.formats.keras",
 }
 
 
