@@ -190,3 +190,68 @@ def test_keras_runtime_matches_golden_under_each_backend(backend):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert float(proc.stdout.split()[-1]) <= ATOL
 
+
+
+#: keras-hub's ElectraBackbone uses the tanh GELU: its sequence_output measured 2.2e-4 to 2.6e-4 from
+#: the erf reference on the fixtures, and 1.2e-6 once its feed-forward activation is swapped for erf
+#: (so the GELU is the whole difference); this bounds that known approximation
+KERAS_HUB_DRIFT = 1e-3
+
+
+def _keras_hub_weights(ckpt) -> dict[str, np.ndarray]:
+    """The canonical base weights under keras-hub ElectraBackbone's variable paths and layouts."""
+    c, a = ckpt.config, ckpt.array
+    n, h, d = c.num_attention_heads, c.hidden_size, c.head_dim
+    out = {"token_embedding/embeddings": a("embeddings.word_embeddings.weight"),
+           "position_embedding/embeddings": a("embeddings.position_embeddings.weight"),
+           "segment_embedding/embeddings": a("embeddings.token_type_embeddings.weight"),
+           "embeddings_layer_norm/gamma": a("embeddings.LayerNorm.weight"),
+           "embeddings_layer_norm/beta": a("embeddings.LayerNorm.bias"),
+           "embeddings_projection/kernel": a("embeddings_project.weight").T,
+           "embeddings_projection/bias": a("embeddings_project.bias"),
+           "pooled_dense/kernel": np.zeros((h, h), np.float32), "pooled_dense/bias": np.zeros(h, np.float32)}
+    for i in range(c.num_hidden_layers):
+        ours, theirs = f"encoder.layer.{i}", f"transformer_layer_{i}"
+        attn = f"{theirs}/self_attention_layer"
+        for p in ("query", "key", "value"):
+            out[f"{attn}/{p}/kernel"] = a(f"{ours}.attention.self.{p}.weight").T.reshape(h, n, d)
+            out[f"{attn}/{p}/bias"] = a(f"{ours}.attention.self.{p}.bias").reshape(n, d)
+        out[f"{attn}/attention_output/kernel"] = a(f"{ours}.attention.output.dense.weight").T.reshape(n, d, h)
+        out[f"{attn}/attention_output/bias"] = a(f"{ours}.attention.output.dense.bias")
+        for theirs_name, ours_name in (("self_attention_layer_norm", "attention.output.LayerNorm"),
+                                       ("feedforward_layer_norm", "output.LayerNorm")):
+            out[f"{theirs}/{theirs_name}/gamma"] = a(f"{ours}.{ours_name}.weight")
+            out[f"{theirs}/{theirs_name}/beta"] = a(f"{ours}.{ours_name}.bias")
+        for theirs_name, ours_name in (("feedforward_intermediate_dense", "intermediate.dense"),
+                                       ("feedforward_output_dense", "output.dense")):
+            out[f"{theirs}/{theirs_name}/kernel"] = a(f"{ours}.{ours_name}.weight").T
+            out[f"{theirs}/{theirs_name}/bias"] = a(f"{ours}.{ours_name}.bias")
+    return out
+
+
+def test_keras_hub_backbone_drifts_from_the_erf_reference_by_its_tanh_gelu():
+    """The difference the issue names, measured: keras-hub's ElectraBackbone holding the fixture's
+    weights is the same network with tanh GELU, so its sequence output is near but not equal."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from keras import ops
+
+    from electra_bridge.runtimes import CheckpointRunner
+
+    ckpt = read(spec.HF_SAFETENSORS / "base", "safetensors")
+    c = ckpt.config
+    backbone = keras_hub.models.ElectraBackbone(
+        vocab_size=c.vocab_size, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        hidden_dim=c.hidden_size, embedding_dim=c.embedding_size, intermediate_dim=c.intermediate_size,
+        max_sequence_length=c.max_position_embeddings, num_segments=c.type_vocab_size, dropout=0.0)
+    weights = _keras_hub_weights(ckpt)
+    assert {v.path for v in backbone.weights} == set(weights)
+    for variable in backbone.weights:
+        variable.assign(weights[variable.path])
+    for batch_size, seq, _ in SHAPES:
+        batch = probe_batch(c, "base", batch=batch_size, seq=seq, seed=batch_size)
+        theirs = ops.convert_to_numpy(backbone({"token_ids": batch["input_ids"].astype(np.int32),
+                                                "segment_ids": batch["token_type_ids"].astype(np.int32),
+                                                "padding_mask": batch["attention_mask"].astype(np.int32)})
+                                      ["sequence_output"])
+        drift = max_abs(theirs, CheckpointRunner(ckpt).run("base", batch).outputs["last_hidden_state"])
+        assert ATOL < drift <= KERAS_HUB_DRIFT, drift
