@@ -11,6 +11,7 @@ Progress bars (stderr, only on a terminal) are switched off with ``progress.conf
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -79,11 +80,35 @@ def open_runner(path: str | Path, fmt: str | None = None, *, runtime: str = "num
     return CheckpointRunner(read(path, fmt, head=head, **options), runtime, name=str(path))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _clean_stale_staging(out: Path) -> None:
+    """Remove ``.OUT.partial-PID`` folders a killed run left beside ``out`` (only ours: that name
+    pattern, a real folder, and no process PID alive any more)."""
+    prefix = f".{out.name}.partial-"
+    for old in out.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and old.is_dir() and not old.is_symlink() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _staging_dir(out: Path) -> Path:
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        _clean_stale_staging(out)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise FormatError(f"{out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
     return tmp
 
 
@@ -100,13 +125,16 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
     output.check_target(out, [Path(source)] if source else [], force=force)
     tmp = _staging_dir(out)
     try:
-        if isinstance(spec, CheckpointFormat):
-            pipeline.write(spec, ckpt, tmp, **options)
-        else:
-            pipeline.export(spec, ckpt, tmp, **options)
-        _complete_assets(ckpt, tmp)
-        output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
-                                  "source_format": ckpt.provenance.get("format", "in memory")})
+        try:
+            if isinstance(spec, CheckpointFormat):
+                pipeline.write(spec, ckpt, tmp, **options)
+            else:
+                pipeline.export(spec, ckpt, tmp, **options)
+            _complete_assets(ckpt, tmp)
+            output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
+                                      "source_format": ckpt.provenance.get("format", "in memory")})
+        except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
+            raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
         if check is not None:
             check(tmp)
         if out.exists() or out.is_symlink():
@@ -180,7 +208,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
         def check(tmp: Path) -> None:
             bar.describe(f"verifying {to}")
             source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
-            written = open_runner(tmp, to)
+            written = open_runner(tmp, to, **{k: True for k in ("allow_nonfinite",) if read_options.get(k)})
             written.name = str(out)
             report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
                              min_agreement=min_agreement)
@@ -258,7 +286,7 @@ def _declared(path, options: Mapping | None) -> dict:
     if not options:
         return {}
     fmt = detect_format(path)
-    declared = {o.dest for o in get_format(fmt).options if o.stage == "read"}
+    declared = {o.dest for o in get_format(fmt).options if o.stage == "read"} | {"allow_nonfinite"}
     return {"fmt": fmt, **{k: v for k, v in options.items() if k in declared and v is not None}}
 
 

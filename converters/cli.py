@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
 
+def _add_nonfinite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="read weights holding NaN/Inf as they are (default: refused, exit 2, naming the tensor)")
+
+
 def _add_tolerance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=float, help="absolute tolerance (default: from the tolerance table)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: from the tolerance table)")
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the source run in float32, with that dtype's tolerance row")
     _add_tolerance(c)
     _add_agreement(c)
+    _add_nonfinite(c)
     for opt in options:
         c.add_argument(opt.flag, dest=opt.dest, help=f"[{opt.stage}] {opt.help}", **opt.kwargs)
     _add_common(c)
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="second segment for the --text of the same position (repeat once per --text)")
     _add_tolerance(v)
     _add_agreement(v)
+    _add_nonfinite(v)
     for opt in options:
         if opt.stage == "read":   # e.g. --net: reaches the sides whose format declares it
             v.add_argument(opt.flag, dest=opt.dest, help=f"[read] {opt.help}", **opt.kwargs)
@@ -150,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, stage: str) -> dict:
-    return {o.dest: getattr(args, o.dest, None) for o in _format_options() if o.stage == stage}
+    out = {o.dest: getattr(args, o.dest, None) for o in _format_options() if o.stage == stage}
+    if stage == "read" and getattr(args, "allow_nonfinite", False):
+        out["allow_nonfinite"] = True
+    return out
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -219,6 +230,8 @@ COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ"):   # past RLIMIT_FSIZE a write fails (EFBIG, a clean error) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     progress.configure(False if args.quiet else None)
     try:

@@ -18,6 +18,29 @@ import numpy as np
 from electra_bridge.schemas import ElectraConfig, FormatError, SchemaError, get_head
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
+#: the most elements one --inputs array may hold (a verify batch is a few thousand tokens)
+MAX_ELEMENTS = 1 << 24
+
+
+def check_headers(path: Path) -> None:
+    """Names, dtypes and shapes of an .npz from its .npy headers, before any array is loaded."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        unknown = sorted(i.filename.removesuffix(".npy") for i in infos
+                         if i.filename.removesuffix(".npy") not in NAMES)
+        if unknown:
+            raise SchemaError(f"--inputs {path}: unexpected arrays {', '.join(unknown)}; allowed: {', '.join(NAMES)}")
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(fh)
+            count = int(np.prod(shape, dtype=object))
+            if count > MAX_ELEMENTS or dtype.hasobject:
+                raise SchemaError(f"--inputs {path}: {name} is {list(shape)} {dtype}; an input array holds at most "
+                                  f"{MAX_ELEMENTS} integers")
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:
@@ -26,12 +49,14 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FormatError(f"--inputs {path}: no such file")
     try:
+        if zipfile.is_zipfile(path):
+            check_headers(path)
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):   # a bare .npy gives one array
             raise FormatError(f"--inputs {path}: expected an .npz archive (np.savez) with {', '.join(NAMES)}")
         with data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, TypeError) as exc:
         raise FormatError(f"--inputs {path} is not a readable .npz file: {exc}") from exc
     unknown = sorted(set(arrays) - set(NAMES))
     if unknown:

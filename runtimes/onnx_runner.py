@@ -11,12 +11,20 @@ outputs (``logits``, ``last_hidden_state``, ``start_logits``/``end_logits``). Hi
 states are not exported, so ``Result.hidden_states`` is empty and verify skips drift.
 Threads: ``threads`` argument, else the ELECTRA_BRIDGE_ORT_THREADS environment variable,
 else ONNX Runtime's default.
+
+Hostile files (``check_model``, before ONNX Runtime sees the file): the model must be a regular
+file under 2 GiB (protobuf's limit); every external-data tensor must name a regular file inside
+the model's folder (no absolute path, no ``..``, no symlink out) holding the bytes it claims;
+every node's domain must be the standard one, ``com.microsoft`` (ONNX Runtime's contrib ops)
+or a function defined in the model. No custom-op library is ever registered, so no code from
+the artifact runs; the config in the metadata is validated like any config.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +52,83 @@ def model_path(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """metadata_props of the model (weights are not loaded)."""
+#: ONNX protobufs cannot exceed 2 GiB; larger weights live in external data files
+MAX_MODEL_BYTES = 2 << 30
+#: node domains ONNX Runtime runs without a custom-op library
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+def _regular(file: Path, what: str) -> int:
+    try:
+        st = os.stat(file)
+    except OSError as exc:
+        raise FormatError(f"{file}: cannot open the {what} ({exc.strerror})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{file}: the {what} is not a regular file")
+    return st.st_size
+
+
+def _load(path: Path):
     import onnx
 
+    if _regular(path, "ONNX model") > MAX_MODEL_BYTES:
+        raise FormatError(f"{path} is larger than the 2 GiB an ONNX protobuf can be")
     try:
-        model = onnx.load(str(model_path(path)), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
-        raise FormatError(f"{path} is not a readable ONNX model: {exc}") from exc
-    return {p.key: p.value for p in model.metadata_props}
+        raise FormatError(f"{path} is not a readable ONNX model: {str(exc)[:300]}") from exc
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph of its nodes' attributes (If/Loop/Scan bodies)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+
+
+def check_model(path: str | Path):
+    """The parsed model (no external data loaded) after the checks of this module's docstring."""
+    from onnx import TensorProto
+
+    file = model_path(path)
+    model = _load(file)
+    folder = file.parent.resolve()
+    local = {f.domain for f in model.functions}
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain not in KNOWN_DOMAINS and node.domain not in local:
+                raise FormatError(f"{file}: node {node.name or node.op_type!r} uses operator domain {node.domain!r}; "
+                                  "only standard ONNX and com.microsoft operators are run (no custom-op libraries)")
+        for tensor in graph.initializer:
+            if tensor.data_location != TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            location = info.get("location", "")
+            target = (file.parent / location)
+            if not location or Path(location).is_absolute() or ".." in Path(location).parts \
+                    or (target.resolve() != folder and folder not in target.resolve().parents):
+                raise FormatError(f"{file}: tensor {tensor.name} keeps its data in {location!r}, outside {file.parent}; "
+                                  "electra-bridge reads only files inside the model's folder")
+            size = _regular(target, f"external data of {tensor.name} (named by {file})")
+            try:
+                offset, length = int(info.get("offset", 0)), int(info.get("length", size))
+            except ValueError:
+                raise FormatError(f"{file}: tensor {tensor.name} has a malformed external-data offset/length") from None
+            if offset < 0 or length < 0 or offset + length > size:
+                raise FormatError(f"{file}: tensor {tensor.name} needs bytes {offset}..{offset + length} of "
+                                  f"{location}, which has {size}")
+    return model
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """metadata_props of the model (weights are not loaded), after ``check_model``."""
+    return {p.key: p.value for p in check_model(path).metadata_props}
 
 
 def describe(path: str | Path) -> tuple[ElectraConfig, str, str, str]:
@@ -60,7 +136,14 @@ def describe(path: str | Path) -> tuple[ElectraConfig, str, str, str]:
     file = model_path(path)
     meta = read_metadata(file)
     if META_CONFIG in meta:
-        cfg = ElectraConfig.from_dict(json.loads(meta[META_CONFIG]))
+        try:
+            data = json.loads(meta[META_CONFIG])
+        except (ValueError, RecursionError) as exc:
+            raise FormatError(f"{file}: the {META_CONFIG} metadata is not JSON ({exc})") from None
+        try:
+            cfg = ElectraConfig.from_dict(data)
+        except SchemaError as exc:
+            raise SchemaError(f"{file}: the {META_CONFIG} metadata: {exc}") from None
     elif (file.parent / "config.json").is_file():
         cfg = ElectraConfig.from_json_file(file.parent / "config.json")
     else:

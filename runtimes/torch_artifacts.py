@@ -79,12 +79,52 @@ _PT2_MEMBER = re.compile(r"(archive_format|archive_version|byteorder|\.data/vers
                          r"|models/model\.json|data/weights/(model_weights_config\.json|weight_\d+)"
                          r"|data/constants/(model_constants_config\.json|tensor_\d+)"
                          r"|data/sample_inputs/model\.pt|extra/" + re.escape(META_NAME) + r")")
-#: node targets a program of ours calls: aten operators (and getitem on their tuple outputs)
-_PT2_TARGET = re.compile(r"torch\.ops\.aten\.\w+\.\w+|_operator\.getitem")
-_SIZE = r"L\['(?:" + "|".join(INPUT_NAMES) + r")'\]\.size\(\)\[\d\]"
-_ATOM = rf"(?:{_SIZE}|-?\d+)"
-#: a guard of ours: sizes of the inputs compared with each other or with integers
-_PT2_GUARD = re.compile(rf"{_ATOM}(?: (?:==|!=|<=|>=|<|>) {_ATOM})+")
+#: node targets a program of ours calls: aten operators, symbolic-int arithmetic, getitem on tuple outputs
+_PT2_TARGET = re.compile(r"torch\.ops\.aten\.\w+\.\w+|torch\.sym_(?:min|max|not|int|float|ite)"
+                         r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|pow|eq|ne|lt|le|gt|ge|and_|or_|not_)")
+_GUARD_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv,
+              ast.Mod, ast.USub, ast.And, ast.Or)
+
+
+def _guard_ok(text: str) -> bool:
+    """True when ``text`` is arithmetic and comparisons (min/max allowed) over integers and input sizes
+    ``L['input_ids'].size()[i]``: the only guards torch.export writes for our programs."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+
+    def size(node) -> bool:  # L['<input>'].size()[<int>]
+        return (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+                and type(node.slice.value) is int and isinstance(node.value, ast.Call)
+                and not node.value.args and not node.value.keywords
+                and isinstance(node.value.func, ast.Attribute) and node.value.func.attr == "size"
+                and isinstance(node.value.func.value, ast.Subscript)
+                and isinstance(node.value.func.value.value, ast.Name) and node.value.func.value.value.id == "L"
+                and isinstance(node.value.func.value.slice, ast.Constant)
+                and node.value.func.value.slice.value in INPUT_NAMES)
+
+    def ok(node) -> bool:
+        if size(node):
+            return True
+        if isinstance(node, ast.Constant):
+            return type(node.value) in (int, bool)
+        if isinstance(node, ast.Compare):
+            return all(isinstance(o, _GUARD_OPS) for o in node.ops) and ok(node.left) and all(map(ok, node.comparators))
+        if isinstance(node, ast.BinOp):
+            return isinstance(node.op, _GUARD_OPS) and ok(node.left) and ok(node.right)
+        if isinstance(node, ast.UnaryOp):
+            return isinstance(node.op, (ast.USub, ast.Not)) and ok(node.operand)
+        if isinstance(node, ast.BoolOp):
+            return isinstance(node.op, _GUARD_OPS) and all(map(ok, node.values))
+        if isinstance(node, ast.Call):
+            return (isinstance(node.func, ast.Name) and node.func.id in ("min", "max") and not node.keywords
+                    and all(map(ok, node.args)))
+        return False
+
+    return len(text) <= 10_000 and ok(tree.body)
+
+
 #: the sympy constructors a symbolic size expression of ours is written with (srepr form)
 _SYMPY_CALLS = frozenset({"Symbol", "Integer", "Add", "Mul", "Pow", "Max", "Min", "Mod", "FloorDiv",
                           "CleanDiv", "CeilDiv", "PythonMod", "Rational"})
@@ -137,7 +177,7 @@ def check_pt2(data: bytes, path: Path) -> None:
     the shape electra-bridge writes: the known members below one root (no AOTInductor ``.so``, no
     legacy pickles), no pickled weight or constant, sample inputs that torch's ``weights_only``
     unpickler accepts (so the fallback never runs), every size expression a tree of sympy
-    constructors on literals, every guard a comparison of input sizes, every node an aten operator.
+    constructors on literals, every guard arithmetic on input sizes, every node an aten operator.
     Anything else is a FormatError; the bytes checked are the bytes then loaded (one read).
     """
     torch = import_torch()
@@ -182,7 +222,7 @@ def check_pt2(data: bytes, path: Path) -> None:
             raise FormatError(f"{path}: symbolic size expression {str(value)[:80]!r} is not a plain sympy "
                               "expression; refusing to load it (sympify would evaluate it)")
     guards = program.get("guards_code", [])
-    if not isinstance(guards, list) or not all(isinstance(g, str) and _PT2_GUARD.fullmatch(g) for g in guards):
+    if not isinstance(guards, list) or not all(isinstance(g, str) and _guard_ok(g) for g in guards):
         raise FormatError(f"{path}: guards_code holds code that is not an input-size comparison; refusing to load it")
     nodes = ((program.get("graph_module") or {}).get("graph") or {}).get("nodes", [])
     for node in nodes if isinstance(nodes, list) else [None]:
@@ -212,7 +252,7 @@ def read_artifact(path: Path) -> bytes:
             raise FormatError(f"{path} is not a regular file")
         if st.st_size > MAX_ARTIFACT_BYTES:
             raise FormatError(f"{path} is {st.st_size} bytes, more than the {MAX_ARTIFACT_BYTES} an artifact may be")
-        return f.read(MAX_ARTIFACT_BYTES + 1)
+        return f.read(st.st_size)   # exactly the size: read(n) would reserve n bytes first
 
 
 def load_torchscript(path: Path):

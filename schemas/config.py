@@ -64,7 +64,7 @@ def check_types(kwargs: Mapping[str, Any]) -> None:
         elif name in _STR_FIELDS and not (isinstance(value, str) or (value is None and name == "summary_activation")):
             problems.append(f"{name} must be a string, got {value!r}"[:200])
     if problems:
-        raise SchemaError("invalid ELECTRA config:\n  " + "\n  ".join(problems))
+        raise SchemaError("invalid ELECTRA config: " + "; ".join(problems))
 
 
 def _labels(id2label: Any, num_labels: Any) -> tuple[str, ...] | None:
@@ -94,9 +94,10 @@ def read_config_text(path: str | Path) -> str:
     except OSError as exc:
         raise SchemaError(f"cannot read config {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise SchemaError(f"cannot read config {path}: not a regular file")
-        raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw = f.read(min(st.st_size, MAX_CONFIG_BYTES) + 1)   # read(n) reserves n bytes: never more than needed
     if len(raw) > MAX_CONFIG_BYTES:
         raise SchemaError(f"cannot read config {path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
@@ -230,7 +231,10 @@ class ElectraConfig:
             data = json.loads(read_config_text(path))
         except (ValueError, RecursionError) as exc:
             raise SchemaError(f"cannot read config {path}: {exc}") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data).validate()
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """HF config.json dict (id2label/label2id always written, so num_labels is explicit)."""

@@ -48,9 +48,10 @@ def read_small(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
     except OSError as exc:
         raise FormatError(f"{path}: cannot open ({exc.strerror})") from exc
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{path} is not a regular file")
-        data = fh.read(limit + 1)
+        data = fh.read(min(st.st_size, limit) + 1)   # read(n) reserves n bytes: never more than needed
     if len(data) > limit:
         raise FormatError(f"{path} is larger than the {limit} bytes such a file may be")
     return data

@@ -65,8 +65,11 @@ def list_natives(fmt: CheckpointFormat, weights: Path) -> dict[str, NativeTensor
 
 
 def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, config=None,
-         **options) -> Checkpoint:
-    """Read ``path`` (a folder or a file) of format ``fmt`` into a canonical Checkpoint."""
+         allow_nonfinite: bool | None = False, **options) -> Checkpoint:
+    """Read ``path`` (a folder or a file) of format ``fmt`` into a canonical Checkpoint.
+
+    Every file opened is a regular file inside the source folder (engine/files.py). A tensor
+    holding NaN or Inf is refused, named, when it is loaded (``allow_nonfinite`` reads it as is)."""
     path = Path(path)
     extras.require(fmt.extra, f"reading {fmt.name}")
     check_options(fmt, "read", options)
@@ -80,7 +83,7 @@ def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, co
     natives = strip_prefix(list_natives(fmt, weights), fmt.head_prefix, weights)
     request = ReadRequest(weights, natives, head, config, {k: v for k, v in options.items() if v is not None})
     plan = fmt.plan(request) if fmt.plan is not None else hf_plan(fmt, request)
-    return build(fmt, request, plan, path)
+    return build(fmt, request, plan, path, allow_nonfinite=bool(allow_nonfinite))
 
 
 def strip_prefix(natives: dict[str, NativeTensor], prefix: str, source: Path) -> dict[str, NativeTensor]:
@@ -147,11 +150,25 @@ def canonical_dtype(tensor: NativeTensor, source: Path) -> np.dtype:
     return dtype.newbyteorder("=")
 
 
-def _lazy(tensor: NativeTensor, binding: Binding, dtype: np.dtype) -> LazyTensor:
+def check_finite(arr: np.ndarray, name: str, source: Path) -> None:
+    """Refuse a tensor holding NaN or Inf (no trained ELECTRA has one; it would only surface later as a mismatch)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise FormatError(f"{source}: tensor {name} holds {int(bad.sum())} NaN/Inf values (first at index "
+                          f"{list(map(int, np.unravel_index(int(np.argmax(bad)), arr.shape)))}); the checkpoint is "
+                          "damaged (--allow-nonfinite reads it as is)")
+
+
+def _lazy(tensor: NativeTensor, binding: Binding, dtype: np.dtype, source: Path | None = None) -> LazyTensor:
     def load() -> np.ndarray:
         arr = tensor.load()
+        if tuple(arr.shape) != tuple(tensor.shape):
+            raise FormatError(f"{source}: tensor {tensor.name} loaded as {tuple(arr.shape)}, its header says "
+                              f"{tuple(tensor.shape)}")
         if arr.dtype != dtype:   # byte order -> native; the value type is kept
             arr = arr.astype(dtype)
+        if source is not None:
+            check_finite(arr, tensor.name, source)
         return binding.layout.to_canonical(arr)
     return LazyTensor(binding.canonical_shape, dtype, load)
 
@@ -193,7 +210,8 @@ def cast(ckpt: Checkpoint, dtype: str | None) -> Checkpoint:
     return ckpt.with_(tensors=tensors, provenance={**ckpt.provenance, "dtype": dtype})
 
 
-def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path) -> Checkpoint:
+def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path, *,
+          allow_nonfinite: bool = False) -> Checkpoint:
     """Bind the plan's rules, account strictly, and hand out the canonical tensors lazily."""
     source = request.weights
     natives = drop_tied(dict(request.natives), plan, source)
@@ -205,7 +223,9 @@ def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path) -
         reasons = Counter(ignored_reason(n, plan.ignored) for n in dropped)
         log.info("%s: left out %d tensors, never read: %s", source, len(dropped),
                  "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common()))
-    tensors = {c: _lazy(natives[b.native], b, canonical_dtype(natives[b.native], source)) for c, b in bindings.items()}
+    finite_source = None if allow_nonfinite else source
+    tensors = {c: _lazy(natives[b.native], b, canonical_dtype(natives[b.native], source), finite_source)
+               for c, b in bindings.items()}
     provenance = {"format": fmt.name, "path": str(path), "file": source.name, **plan.provenance}
     ckpt = Checkpoint(plan.config, plan.head, tensors, collect(source.parent), provenance).validate(str(source))
     return ckpt.as_head(request.head) if request.head and request.head != plan.head else ckpt

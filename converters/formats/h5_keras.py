@@ -16,6 +16,13 @@ variable paths (no scope) and each variable is the dataset at that path.
 Keras stores string lists as variable-length utf-8 attributes and splits one whose
 fixed-width numpy array would exceed the HDF5 object header (64512 bytes) into ``name0``,
 ``name1``, ... (tf_keras ``hdf5_format.py``).
+
+Hostile files: every name is looked up one path component at a time and a soft or external
+link is refused (an external link would open another file); a dataset is read only when it is
+stored in this file (no external raw storage, no virtual dataset), with built-in filters only
+(a plugin filter would load a shared library), and when its claimed size fits the bytes it
+stores (an unfiltered dataset stores every byte it claims; a compressed one at most 1100:1),
+so a dataset that claims gigabytes but stores nothing is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -72,14 +79,71 @@ def open_file(path: Path):
         raise FormatError("reading tf_model.h5 needs h5py: pip install h5py") from exc
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise FormatError(f"{path} is not a readable HDF5 file: {exc}") from exc
 
 
+#: HDF5's built-in filters and h5py's lzf: decoding them loads no plugin library
+BUILTIN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
+#: the most a compressed dataset may claim per stored byte (deflate's limit is ~1032:1)
+MAX_COMPRESSION = 1100
+
+
+def _get(group, name: str, path: Path):
+    """``group[name]`` following hard links only: a soft or external link on the way is refused."""
+    import h5py
+
+    obj = group
+    for part in [p for p in name.split("/") if p]:
+        if not isinstance(obj, h5py.Group):
+            return None
+        link = obj.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise FormatError(f"{path}: {name!r} goes through {kind}; electra-bridge reads only datasets stored "
+                              "in the file itself")
+        obj = obj.get(part)
+    return obj
+
+
+def check_dataset(path: Path, ds) -> None:
+    """Refuse a dataset whose bytes are not all in this file or whose claimed size its storage cannot hold."""
+    name = ds.name
+    if ds.is_virtual:
+        raise FormatError(f"{path}: dataset {name} is a virtual dataset (its data lives in other files); refused")
+    if ds.external:
+        raise FormatError(f"{path}: dataset {name} keeps its data in external files {ds.external[0][0]!r}...; "
+                          "refused (electra-bridge reads only bytes inside the checkpoint)")
+    dcpl = ds.id.get_create_plist()
+    filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    odd = [f for f in filters if f not in BUILTIN_FILTERS]
+    if odd:
+        raise FormatError(f"{path}: dataset {name} needs HDF5 filter {odd[0]}, not a built-in one; refused "
+                          "(decoding it would load a plugin library)")
+    try:
+        claimed = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+    except TypeError:
+        raise FormatError(f"{path}: dataset {name} has no fixed shape and dtype") from None
+    stored = ds.id.get_storage_size()
+    too_big = claimed > stored if not filters else claimed > MAX_COMPRESSION * max(stored, 1)
+    if claimed and too_big:
+        raise FormatError(f"{path}: dataset {name} claims {claimed} bytes ({ds.shape} {ds.dtype}) but stores "
+                          f"{stored}; the file is truncated or forged")
+
+
 def _tensor(path: Path, name: str, ds) -> NativeTensor:
+    check_dataset(path, ds)
+
     def load(dataset: str = ds.name) -> np.ndarray:
         with open_file(path) as f:
-            return f[dataset][()]
+            try:
+                ds = _get(f, dataset, path)
+                check_dataset(path, ds)
+                return ds[()]
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise FormatError(f"{path}: dataset {dataset} is unreadable (corrupt HDF5: {exc})") from None
     return NativeTensor(name, tuple(ds.shape), ds.dtype, load)
 
 
@@ -96,12 +160,12 @@ def _listed(f, path: Path) -> Iterator[tuple[str, str, object]]:
     import h5py
 
     for entry in _layer_names(f, path):
-        obj = f.get(entry)
+        obj = _get(f, entry, path)
         if isinstance(obj, h5py.Dataset):  # a shard: the root lists the variables themselves
             yield "", entry, obj
         elif isinstance(obj, h5py.Group):
             for weight in load_attribute(obj, "weight_names") or []:
-                ds = obj.get(weight)
+                ds = _get(obj, weight, path)
                 if not isinstance(ds, h5py.Dataset):
                     raise FormatError(f"{path}: group {entry!r} lists weight {weight!r}, which is not in the file")
                 yield entry, weight, ds
@@ -122,6 +186,15 @@ def scan(path: Path) -> dict[str, NativeTensor]:
     Keras and transformers load); a dataset no list names is reported under its full path,
     so strict accounting flags it as unexpected.
     """
+    import h5py
+
+    try:
+        return _scan(path)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:  # h5py on corrupt files
+        raise FormatError(f"{path} is not a readable HDF5 weights file (corrupt: {exc})") from None
+
+
+def _scan(path: Path) -> dict[str, NativeTensor]:
     import h5py
 
     found: dict[str, NativeTensor] = {}

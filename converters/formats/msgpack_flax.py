@@ -129,7 +129,7 @@ def decode(source: bytes | bytearray | memoryview | BinaryIO) -> dict[str, np.nd
         tree = unpacker.unpack()
     except msgpack.OutOfData:
         raise FormatError("the msgpack data ends early (truncated file?)") from None
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:   # TypeError: an unhashable map key
         raise FormatError(f"not a msgpack file: {exc}") from None
     if not isinstance(tree, Mapping):
         raise FormatError(f"the msgpack top level is a {type(tree).__name__}, not a map of parameters")

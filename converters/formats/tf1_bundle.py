@@ -122,14 +122,21 @@ class Entry:
         return TF_DTYPE_NAMES.get(self.dtype_enum, f"DataType {self.dtype_enum}")
 
 
+def _typed(value, kind: type, what: str):
+    """``value`` if the field came with the wire type its message declares (varint vs bytes)."""
+    if not isinstance(value, kind):
+        raise FormatError(f"protobuf field {what} has the wrong wire type: the record is corrupt")
+    return value
+
+
 def _parse_shape(buf: bytes) -> tuple[int, ...]:
     dims = []
     for field, _, value in proto_fields(buf):
         if field == 2:                       # repeated Dim {int64 size = 1; string name = 2}
             size = 0
-            for f, _, v in proto_fields(value):
+            for f, _, v in proto_fields(_typed(value, bytes, "TensorShapeProto.dim")):
                 if f == 1:
-                    size = _signed64(v)
+                    size = _signed64(_typed(v, int, "Dim.size"))
             dims.append(size)
         elif field == 3 and value:           # unknown_rank
             raise FormatError("a tensor in the bundle has unknown rank")
@@ -141,10 +148,12 @@ def _parse_shape(buf: bytes) -> tuple[int, ...]:
 def parse_entry(name: str, buf: bytes) -> Entry:
     fields = {"dtype_enum": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": 0, "num_slices": 0}
     for field, _, value in proto_fields(buf):
+        if field in (1, 3, 4, 5, 6):
+            _typed(value, int, f"BundleEntryProto field {field}")
         if field == 1:
             fields["dtype_enum"] = value
         elif field == 2:
-            fields["shape"] = _parse_shape(value)
+            fields["shape"] = _parse_shape(_typed(value, bytes, "BundleEntryProto.shape"))
         elif field == 3:
             fields["shard_id"] = value
         elif field == 4:
@@ -167,12 +176,14 @@ def encode_entry(e: Entry) -> bytes:
 def parse_header(buf: bytes) -> dict:
     header = {"num_shards": 0, "endianness": LITTLE_ENDIAN, "producer": 0, "min_consumer": 0, "bad_consumers": []}
     for field, _, value in proto_fields(buf):
+        if field in (1, 2):
+            _typed(value, int, f"BundleHeaderProto field {field}")
         if field == 1:
             header["num_shards"] = value
         elif field == 2:
             header["endianness"] = value
         elif field == 3:                     # VersionDef {producer = 1; min_consumer = 2; repeated bad_consumers = 3}
-            for f, w, v in proto_fields(value):
+            for f, w, v in proto_fields(_typed(value, bytes, "BundleHeaderProto.version")):
                 if f == 1:
                     header["producer"] = v
                 elif f == 2:
@@ -180,6 +191,7 @@ def parse_header(buf: bytes) -> dict:
                 elif f == 3 and w == 0:
                     header["bad_consumers"].append(v)
                 elif f == 3:                 # packed repeated
+                    v = _typed(v, bytes, "VersionDef.bad_consumers")
                     pos = 0
                     while pos < len(v):
                         item, pos = read_varint(v, pos)
@@ -195,6 +207,10 @@ def encode_header(num_shards: int = 1) -> bytes:
 
 _CKPT_STATE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+
+
+#: the most data shards a bundle header may claim beyond one per tensor
+MAX_SHARDS = 1024
 
 
 def data_filename(prefix: Path, shard: int, num_shards: int) -> Path:
@@ -261,6 +277,9 @@ class BundleReader:
             raise FormatError(f"{source}: bundle format version {self.header} is newer than this reader "
                               f"(version {BUNDLE_VERSION})")
         self.num_shards = self.header["num_shards"]
+        if not 1 <= self.num_shards <= max(MAX_SHARDS, len(items)):
+            raise FormatError(f"{source}: the bundle header claims {self.num_shards} data shards for "
+                              f"{len(items) - 1} tensors; the index is corrupt")
         self.entries: dict[str, Entry] = {}
         for key, value in items[1:]:
             try:
@@ -289,10 +308,12 @@ class BundleReader:
                               "partitioned variables are not supported")
         if e.dtype == UNREADABLE:
             raise FormatError(f"{self.prefix}: {name} has dtype {e.dtype_name}, which electra-bridge does not read")
-        count = int(np.prod(e.shape, dtype=np.int64))
+        count = int(np.prod(e.shape, dtype=object))
         if e.size != count * e.dtype.itemsize:
             raise FormatError(f"{self.prefix}: {name} has {e.size} bytes for shape {list(e.shape)} of {e.dtype_name}")
         shard = self.shard_path(e.shard_id)
+        if e.offset < 0 or e.offset + e.size > shard.stat().st_size:  # checked before allocating
+            raise FormatError(f"{shard} is truncated: {name} needs bytes {e.offset}..{e.offset + e.size}")
         buf = np.empty(e.size, dtype=np.uint8)
         with open(shard, "rb") as fh:
             fh.seek(e.offset)

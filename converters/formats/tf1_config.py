@@ -8,13 +8,14 @@ heads by Google's rule max(1, H // 64); gelu; LayerNorm epsilon 1e-12 (Google's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from electra_bridge.schemas import ElectraConfig, SchemaError, google_num_heads
-from electra_bridge.schemas.config import GOOGLE_SIZES
+from electra_bridge.schemas.config import GOOGLE_SIZES, SIZE_LIMITS, check_types, read_config_text
 
 INFERRED = "inferred from the tensor shapes"
 
@@ -63,7 +64,21 @@ def is_hparams(data: dict) -> bool:
 
 def hparams_config(h: dict, net: str) -> ElectraConfig:
     """The config google-research/electra builds from its hparams (util/training_utils.get_bert_config,
-    run_pretraining.get_generator_config, configure_pretraining's embedding_size default)."""
+    run_pretraining.get_generator_config, configure_pretraining's embedding_size default); every
+    value is type- and range-checked before it is used."""
+    try:
+        cfg = _hparams_config(h, net)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise SchemaError(f"hparams config: a value has the wrong type ({exc})") from None
+    check_types({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in _CHECKED})
+    return cfg
+
+
+_CHECKED = frozenset(SIZE_LIMITS) | {"hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                                     "initializer_range"}
+
+
+def _hparams_config(h: dict, net: str) -> ElectraConfig:
     size = h.get("model_size", "small")
     if size not in GOOGLE_SIZES:
         raise SchemaError(f"hparams model_size {size!r} is not one of {', '.join(GOOGLE_SIZES)}")
@@ -87,8 +102,8 @@ def hparams_config(h: dict, net: str) -> ElectraConfig:
 
 def _load_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(read_config_text(path))
+    except (ValueError, RecursionError) as exc:
         raise SchemaError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise SchemaError(f"config {path} is not a JSON object")

@@ -22,6 +22,11 @@ from pathlib import Path
 
 from electra_bridge.schemas import FormatError, MissingDependencyError
 
+from ..engine.files import read_small
+
+#: a bundle .index larger than this is not one (BERT-large's is ~40 KB)
+MAX_INDEX_BYTES = 256 << 20
+
 log = logging.getLogger(__name__)
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -97,6 +102,8 @@ def encode_varint(n: int) -> bytes:
 def snappy_decompress(data: bytes) -> bytes:
     """Raw snappy (no framing). Only small index blocks are ever compressed, so plain Python is fine."""
     length, pos = read_varint(data, 0)
+    if length > 64 * len(data):   # a copy element expands at most 64 bytes from 2 (a literal 1:1)
+        raise FormatError(f"snappy block: header claims {length} bytes from {len(data)} compressed")
     out = bytearray()
     while pos < len(data):
         tag = data[pos]
@@ -106,6 +113,8 @@ def snappy_decompress(data: bytes) -> bytes:
             n = tag >> 2
             if n >= 60:
                 extra = n - 59
+                if pos + extra > len(data):
+                    raise FormatError("snappy block: a literal length runs past the end")
                 n = int.from_bytes(data[pos:pos + extra], "little")
                 pos += extra
             n += 1
@@ -114,6 +123,8 @@ def snappy_decompress(data: bytes) -> bytes:
             out += data[pos:pos + n]
             pos += n
             continue
+        if pos + (1 if kind == 1 else 2 if kind == 2 else 4) > len(data):
+            raise FormatError("snappy block: a copy element runs past the end")
         if kind == 1:                                      # copy, 11-bit offset
             n = 4 + ((tag >> 2) & 7)
             offset = ((tag >> 5) << 8) | data[pos]
@@ -157,7 +168,10 @@ def _read_block(data: bytes, offset: int, size: int, *, source: str) -> bytes:
     if kind == NO_COMPRESSION:
         return block
     if kind == SNAPPY_COMPRESSION:
-        return snappy_decompress(block)
+        try:
+            return snappy_decompress(block)
+        except FormatError as exc:
+            raise FormatError(f"{source}: {exc}") from None
     raise FormatError(f"{source}: block at offset {offset} has unknown compression type {kind} "
                       "(TensorFlow tables use 0 = none or 1 = snappy)")
 
@@ -190,7 +204,7 @@ def _handle(buf: bytes, pos: int = 0) -> tuple[int, int, int]:
 
 def read_table(path: Path) -> list[tuple[bytes, bytes]]:
     """Every (key, value) of an SSTable file, in key order."""
-    data = Path(path).read_bytes()
+    data = read_small(Path(path), MAX_INDEX_BYTES)
     source = str(path)
     if len(data) < FOOTER_SIZE:
         raise FormatError(f"{source} is not a TF1 bundle index (shorter than the {FOOTER_SIZE}-byte table footer)")
@@ -200,9 +214,17 @@ def read_table(path: Path) -> list[tuple[bytes, bytes]]:
         raise FormatError(f"{source} is not a TF1 bundle index (table magic {magic:#x}, expected {TABLE_MAGIC:#x})")
     _, _, pos = _handle(footer)                       # metaindex: TensorFlow writes it empty; nothing to read
     index_offset, index_size, _ = _handle(footer, pos)
+    handles = [_handle(h)[:2] for _, h in
+               _block_entries(_read_block(data, index_offset, index_size, source=source), source=source)]
+    # every data block once, none overlapping another or the index block: the entries cannot
+    # outnumber the file's bytes (a handle repeated 200,000 times is refused, not parsed 200,000 times)
+    spans = sorted([(o, o + n + BLOCK_TRAILER_SIZE) for o, n in handles]
+                   + [(index_offset, index_offset + index_size + BLOCK_TRAILER_SIZE)])
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(f"{source}: a block handle repeats or overlaps another block: the index is corrupt")
     out = []
-    for _, handle in _block_entries(_read_block(data, index_offset, index_size, source=source), source=source):
-        offset, size, _ = _handle(handle)
+    for offset, size in handles:
         out.extend(_block_entries(_read_block(data, offset, size, source=source), source=source))
     keys = [k for k, _ in out]
     if keys != sorted(keys) or len(set(keys)) != len(keys):
