@@ -344,6 +344,13 @@ class Report:
         return min(found, key=lambda name: order.get(name, len(order))) if found else None
 
     def to_dict(self) -> dict:
+        """The JSON report. Top level: a, b, ok, atol, rtol, first_divergence, source, inputs (name ->
+        shape), min_agreement (the gate or null), problem (why it fails beyond tolerance: a float16
+        overflow or a low agreement, else null), heads. Per head: ok, first_divergence, outputs and
+        hidden_state_drift (name -> shape, max_abs, max_rel, worst_index, ok), agreement (output ->
+        kind "top-1" | "replaced-token" | "start" | "end", agree, total, fraction, disagree (positions,
+        at most MAX_LISTED), disagree_count; {} for base), and when a side is float16
+        overflow_audit (stage -> max_abs, limit, headroom, ok)."""
         return {
             "a": self.a, "b": self.b, "ok": self.ok, "atol": self.atol, "rtol": self.rtol,
             "first_divergence": self.first_divergence, "source": self.source, "inputs": self.inputs,
