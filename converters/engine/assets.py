@@ -7,6 +7,8 @@ from pathlib import Path
 
 from electra_bridge.schemas import ElectraConfig, SchemaError
 
+from .files import confined, read_small
+
 #: files copied from a source folder to every output folder, byte for byte
 ASSET_NAMES = (
     "vocab.txt",
@@ -18,9 +20,13 @@ ASSET_NAMES = (
 
 
 def collect(folder: Path) -> dict[str, bytes]:
-    """The asset files present in ``folder`` (a missing folder gives none)."""
+    """The asset files present in ``folder`` (a missing folder gives none). An asset that is a
+    symlink out of the folder is refused (its bytes would travel into every output); a FIFO or
+    device is not a file and is skipped; each is read with a size limit."""
     folder = Path(folder)
-    return {name: (folder / name).read_bytes() for name in ASSET_NAMES if (folder / name).is_file()}
+    present = [name for name in ASSET_NAMES if (folder / name).is_file()]
+    root = folder.resolve()
+    return {name: read_small(confined(folder / name, root, "tokenizer file")) for name in present}
 
 
 def write_assets(out: Path, assets: Mapping[str, bytes]) -> list[Path]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from electra_bridge.schemas import FormatError, TensorLike
 
+from ..engine.files import confined
 from .tf1_table import build_table, crc32c, encode_varint, has_table_magic, mask, read_table, read_varint, unmask
 
 BUNDLE_VERSION = 1             # kTensorBundleVersion; we read bundles whose min_consumer allows it
@@ -293,6 +294,10 @@ class BundleReader:
         missing = [self.shard_path(i).name for i in range(self.num_shards) if not self.shard_path(i).is_file()]
         if missing:
             raise FormatError(f"{self.prefix}: data shard(s) missing: {', '.join(missing)}")
+        folder = self.index_path.parent.resolve()
+        confined(self.index_path, folder, "bundle index")
+        for i in range(self.num_shards):   # every byte read comes from the bundle's own folder
+            confined(self.shard_path(i), folder, "data shard")
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: e.shape for n, e in self.entries.items()}

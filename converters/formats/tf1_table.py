@@ -148,6 +148,8 @@ def snappy_decompress(data: bytes) -> bytes:
 def has_table_magic(path: Path) -> bool:
     """True for a file ending with the SSTable magic (cheap: reads 8 bytes)."""
     try:
+        if not Path(path).is_file():   # never open a FIFO (it would block) or a device
+            return False
         with open(path, "rb") as fh:
             fh.seek(-8, os.SEEK_END)
             return struct.unpack("<Q", fh.read(8))[0] == TABLE_MAGIC

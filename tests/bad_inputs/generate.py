@@ -449,6 +449,14 @@ def _(w):
     return inspect(src, mentions=(CFG,))
 
 
+@case("vocab-symlink-outside")
+def _(w):
+    src = w.copy(HF / "masked-lm")
+    target = outside(w, "vocab.txt", (src / "vocab.txt").read_bytes())
+    symlink(src / "vocab.txt", target)
+    return convert(w, src, "msgpack", mentions=("vocab.txt", "outside"))
+
+
 @case("bert-posing-as-electra")
 def _(w):
     src = w.copy(HF / "masked-lm")
@@ -1080,6 +1088,33 @@ def _(w):
                                                      "model_hparam_overrides": {"hidden_size": "x"}}))
     return Case(["convert", str(src), str(w.out), "--to", "safetensors", "--config", str(w.root / "hparams.json")],
                 mentions=("hparams",), out=w.out)
+
+
+@case("tf1-data-symlink-outside")
+def _(w):
+    src, index = tf1(w)
+    data = next(src.glob("*.data-*"))
+    target = outside(w, data.name, data.read_bytes())
+    symlink(data, target)
+    return convert(w, src, "safetensors", mentions=(data.name, "outside"))
+
+
+@case("tf1-index-symlink-outside")
+def _(w):
+    src, index = tf1(w)
+    target = outside(w, index.name, index.read_bytes())
+    symlink(index, target)
+    return convert(w, src, "safetensors", mentions=(index.name, "outside"))
+
+
+@case("tf1-fifo-index-beside-no-state-file")
+def _(w):
+    src, index = tf1(w)
+    (src / "checkpoint").unlink()
+    fifo(src / "model.ckpt-2000.index")
+    for p in src.glob("model.ckpt-1000*"):
+        p.unlink()
+    return inspect(src, mentions=("src",), isolate=True)
 
 
 # ---- pytorch_model.bin (torch) ---------------------------------------------------------------------
