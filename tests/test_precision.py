@@ -13,7 +13,8 @@ from helpers import HEADS, requires, run_cli, spec
 from electra_bridge.converters import VerificationError, convert, inspect, read, verify
 from electra_bridge.converters.engine import pipeline
 from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch
-from electra_bridge.runtimes.verify import TOLERANCES, activation_peaks, agreement
+from electra_bridge.runtimes.precision import activation_peaks, agreement
+from electra_bridge.runtimes.verify import TOLERANCES
 from electra_bridge.schemas import SchemaError
 
 HALF = ("float16", "bfloat16")

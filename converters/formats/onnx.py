@@ -28,7 +28,7 @@ quantization (int8 weights of the dense layers); the convert step still verifies
 against the float32 source and prints the measured logit deviation.
 
 float16 (``convert --dtype float16``, or a float16 checkpoint): the same graph, then
-runtimes/onnx_fuse.py ``to_float16``: weights and the dense/GELU/residual arithmetic in
+runtimes/onnx_float16.py ``to_float16``: weights and the dense/GELU/residual arithmetic in
 float16, while LayerNorm, softmax, the fused Attention kernel and the attention-mask
 arithmetic stay float32 (float16 would overflow there); inputs stay int64 and outputs
 float32, so the artifact is a drop-in for the float32 one. bfloat16 weights are exported
@@ -193,7 +193,7 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
         log.info("onnx: fused %s", ", ".join(f"{n} {op}" for op, n in sorted(fusions.items())) or "nothing")
         _set_meta(model, graph="optimized")
     if half == "float16":
-        from electra_bridge.runtimes.onnx_fuse import to_float16
+        from electra_bridge.runtimes.onnx_float16 import to_float16
 
         counts = to_float16(model, ckpt.hf_config)
         log.info("onnx: float16 graph (%d nodes float16, %d kept float32, %d casts)", counts["float16"],
