@@ -156,3 +156,27 @@ def test_a_fifo_artifact_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "model.pt")
     with pytest.raises(FormatError, match="not a regular file"):
         load_torchscript(tmp_path / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts") / "out"
+    write(read(spec.HF_SAFETENSORS / "masked-lm"), out, "torchscript")
+    return out / "model.pt"
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "constants.pkl"])
+def test_torchscript_unpickler_never_resolves_python_globals(torchscript, tmp_path, member):
+    """The audit of torch.jit.load: its pickles go through TorchScript's unpickler, which builds
+    tensors and TorchScript classes only; a GLOBAL of os.system is an error, not a call."""
+    import torch
+
+    sentinel = tmp_path / "SENTINEL"
+    cmd = f"touch {sentinel}".encode()
+    payload = b"\x80\x02cposix\nsystem\nX" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R."
+    path = rewrite(torchscript, tmp_path / "model.pt", "/" + member, payload)
+    with pytest.raises(Exception):
+        torch.jit.load(str(path))
+    with pytest.raises(FormatError):
+        load_torchscript(path)
+    assert not sentinel.exists()

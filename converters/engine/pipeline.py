@@ -81,9 +81,32 @@ def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, co
     if (weights.parent / "config.json").exists() and not config:
         files.confined(weights.parent / "config.json", root, "config.json")
     natives = strip_prefix(list_natives(fmt, weights), fmt.head_prefix, weights)
+    check_claims(natives, weights)
     request = ReadRequest(weights, natives, head, config, {k: v for k, v in options.items() if v is not None})
     plan = fmt.plan(request) if fmt.plan is not None else hf_plan(fmt, request)
     return build(fmt, request, plan, path, allow_nonfinite=bool(allow_nonfinite))
+
+
+#: the most bytes a tensor table may claim per byte stored (deflate's limit is ~1032:1)
+MAX_CLAIM_RATIO = 1100
+
+
+def check_claims(natives: Mapping[str, NativeTensor], weights: Path) -> None:
+    """Refuse a table whose tensors claim more bytes than the files beside ``weights`` can hold
+    (MAX_CLAIM_RATIO x their size: compressed formats included), before anything is allocated."""
+    stored = sum(p.stat().st_size for p in weights.parent.iterdir() if p.is_file())
+    claimed, worst = 0, None
+    for t in natives.values():
+        try:
+            size = int(np.prod(tuple(t.shape), dtype=object)) * np.dtype(t.dtype).itemsize
+        except TypeError:
+            continue   # an odd dtype: canonical_dtype refuses it by name
+        claimed += size
+        if worst is None or size > worst[1]:
+            worst = (t.name, size)
+    if claimed > MAX_CLAIM_RATIO * max(stored, 1):
+        raise FormatError(f"{weights}: its tensors claim {claimed} bytes (the largest, {worst[0]}, {worst[1]}) but "
+                          f"the files hold {stored}; the file is truncated or forged")
 
 
 def strip_prefix(natives: dict[str, NativeTensor], prefix: str, source: Path) -> dict[str, NativeTensor]:
@@ -227,7 +250,8 @@ def build(fmt: CheckpointFormat, request: ReadRequest, plan: Plan, path: Path, *
     tensors = {c: _lazy(natives[b.native], b, canonical_dtype(natives[b.native], source), finite_source)
                for c, b in bindings.items()}
     provenance = {"format": fmt.name, "path": str(path), "file": source.name, **plan.provenance}
-    ckpt = Checkpoint(plan.config, plan.head, tensors, collect(source.parent), provenance).validate(str(source))
+    assets = fmt.read_assets(source.parent) if fmt.read_assets is not None else collect(source.parent)
+    ckpt = Checkpoint(plan.config, plan.head, tensors, assets, provenance).validate(str(source))
     return ckpt.as_head(request.head) if request.head and request.head != plan.head else ckpt
 
 
@@ -260,6 +284,8 @@ def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list
     fmt.check_writable(ckpt)
     check_head(fmt, ckpt)
     paths = fmt.codec.write(out, native_tensors(fmt, ckpt), ckpt)
+    if not fmt.writes_hf_files:
+        return paths
     return [*paths, *write_config_and_assets(ckpt, out, fmt.write_config(ckpt.hf_config))]
 
 

@@ -726,6 +726,59 @@ def _(w):
     return inspect(src / TF, "--from", "h5", mentions=(TF,), isolate=True)
 
 
+# ---- Keras 3 .keras (zip + h5) ---------------------------------------------------------------------
+KERAS = FIXTURES / "keras"
+
+
+def keras_edit(w: Work, build, **kw) -> Case:
+    """Rewrite model.weights.h5 inside model.keras: ``build(h5 file, first dataset name, shape, dtype)``."""
+    import h5py
+
+    src = w.copy(KERAS / "masked-lm")
+    archive = next(src.glob("*.keras"))
+    with zipfile.ZipFile(archive) as a:
+        members = {i: a.read(i.filename) for i in a.infolist()}
+    inner = w.root / "weights.h5"
+    info = next(i for i in members if i.filename.endswith(".weights.h5"))
+    inner.write_bytes(members[info])
+    with h5py.File(inner, "a") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        name = names[0]
+        shape, dtype = f[name].shape, f[name].dtype
+        del f[name]
+        build(f, name, shape, dtype)
+    members[info] = inner.read_bytes()
+    inner.unlink()
+    with zipfile.ZipFile(archive, "w") as b:
+        for i, data in members.items():
+            b.writestr(i, data)
+    return convert(w, src, "safetensors", mentions=(archive.name,), **kw)
+
+
+@case("keras-chunked-6gib-no-storage")
+def _(w):
+    return keras_edit(w, lambda f, n, shape, dtype: f.create_dataset(n, shape=(1 << 20, 1536), dtype="f4",
+                                                                     chunks=(1024, 1536)), isolate=True)
+
+
+@case("keras-integer-dataset")
+def _(w):
+    return keras_edit(w, lambda f, n, shape, dtype: f.create_dataset(n, data=np.zeros(shape, np.int32)))
+
+
+@case("keras-nan")
+def _(w):
+    return keras_edit(w, lambda f, n, shape, dtype: f.create_dataset(n, data=np.full(shape, np.nan, dtype)))
+
+
+@case("keras-truncated")
+def _(w):
+    src = w.copy(KERAS / "masked-lm")
+    truncate(next(src.glob("*.keras")), 0.5)
+    return inspect(next(src.glob("*.keras")), mentions=(".keras",))
+
+
 # ---- msgpack ---------------------------------------------------------------------------------------
 MP = "flax_model.msgpack"
 
