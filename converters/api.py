@@ -243,6 +243,9 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         raise SchemaError("--text-pair needs --text")
     if report is not None and Path(report).suffix.lower() not in REPORT_FORMATS:
         raise SchemaError(f"report {report}: use a .json or .md file name")
+    for what, path in (("report", report), ("plot", plot)):   # a folder that is missing fails now, not at the end
+        if path is not None and not Path(path).parent.is_dir():
+            raise SchemaError(f"{what} {path}: the folder {Path(path).parent} does not exist")
     if plot is not None:   # fail before the long work, not after it
         from .plot import require_matplotlib
         if Path(plot).suffix.lower() != ".png":

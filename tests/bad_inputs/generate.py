@@ -1487,6 +1487,30 @@ def _(w):
     return inputs_case(w, lambda p: None)
 
 
+@case("report-folder-is-a-file")
+def _(w):
+    src = w.copy(HF / "masked-lm")
+    return Case(["verify", str(src), str(src), "--report", str(src / CFG / "r.json")], mentions=("r.json",))
+
+
+@case("report-folder-missing")
+def _(w):
+    src = w.copy(HF / "masked-lm")
+    return Case(["verify", str(src), str(src), "--report", str(w.root / "no" / "r.md")], mentions=("r.md",))
+
+
+@case("report-wrong-suffix")
+def _(w):
+    src = w.copy(HF / "masked-lm")
+    return Case(["verify", str(src), str(src), "--report", str(w.root / "r.exe")], mentions=("r.exe",))
+
+
+@case("plot-wrong-suffix")
+def _(w):
+    src = w.copy(HF / "masked-lm")
+    return Case(["verify", str(src), str(src), "--plot", str(w.root / "drift.svg")], mentions=("drift.svg",))
+
+
 @case("source-missing")
 def _(w):
     return convert(w, w.root / "nothing-here", "safetensors", mentions=("nothing-here",))
