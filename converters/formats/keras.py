@@ -38,7 +38,7 @@ from electra_bridge.schemas import ROWS, Checkpoint, FormatError, SchemaError
 
 from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import IDENTITY, TRANSPOSE, Leaves, module_rules
-from . import keras_model
+from . import h5_keras, keras_model
 
 WEIGHTS = "model.keras"
 CONFIG_MEMBER, WEIGHTS_MEMBER = "config.json", "model.weights.h5"
@@ -107,8 +107,12 @@ class KerasCodec:
             found: dict[str, NativeTensor] = {}
             with z.open(WEIGHTS_MEMBER) as fh, h5py.File(fh, "r") as f:
                 datasets = []
-                f.visititems(lambda p, obj: datasets.append((p, obj.shape, obj.dtype))
-                             if isinstance(obj, h5py.Dataset) else None)
+
+                def visit(p, obj):
+                    if isinstance(obj, h5py.Dataset):
+                        h5_keras.check_dataset(weights, obj)   # no external/virtual storage, no plugin filters
+                        datasets.append((p, obj.shape, obj.dtype))
+                f.visititems(visit)
         for path, shape, dtype in datasets:
             found[self._name(path, groups)] = NativeTensor(self._name(path, groups), tuple(shape), dtype,
                                                            lambda p=path: _load(weights, p))
