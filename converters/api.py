@@ -130,7 +130,8 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
                 pipeline.write(spec, ckpt, tmp, **options)
             else:
                 pipeline.export(spec, ckpt, tmp, **options)
-            _complete_assets(ckpt, tmp)
+            if not (isinstance(spec, CheckpointFormat) and not spec.writes_hf_files):   # keras-hub: its own files
+                _complete_assets(ckpt, tmp)
             output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
                                       "source_format": ckpt.provenance.get("format", "in memory")})
         except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
@@ -208,7 +209,9 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
         def check(tmp: Path) -> None:
             bar.describe(f"verifying {to}")
             source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
-            written = open_runner(tmp, to, **{k: True for k in ("allow_nonfinite",) if read_options.get(k)})
+            target = get_format(to)
+            written = (target.verify_runner(tmp) if isinstance(target, CheckpointFormat) and target.verify_runner else
+                       open_runner(tmp, to, **{k: True for k in ("allow_nonfinite",) if read_options.get(k)}))
             written.name = str(out)
             report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
                              min_agreement=min_agreement)

@@ -122,6 +122,14 @@ class CheckpointFormat:
     write_config: Callable[[ElectraConfig], ElectraConfig] = lambda cfg: cfg
     #: the rules of a write, when they depend on the checkpoint (TF1: net and task names)
     write_rules: Callable[[Checkpoint], tuple[Rule, ...]] | None = None
+    #: False: the codec writes the folder's own config and tokenizer files (a keras-hub preset keeps
+    #: keras-hub's config.json); True: the engine writes the HF config.json and the assets beside the weights
+    writes_hf_files: bool = True
+    #: the tokenizer files a read carries, from the weights' folder; None: the HF files found there
+    read_assets: Callable[[Path], dict[str, bytes]] | None = None
+    #: the runner convert verifies a written folder with, when the target framework computes its own
+    #: function (keras-hub: tanh GELU); None: the folder is read back and run through the runtime
+    verify_runner: Callable[[Path], object] | None = None
     kind: Literal["checkpoint"] = "checkpoint"
 
     def detect(self, path: Path) -> bool:

@@ -24,6 +24,7 @@ FORMATS: dict[str, str] = {
     "torchscript": "electra_bridge.converters.formats.torchscript",
     "torch-export": "electra_bridge.converters.formats.torch_export",
     "keras": "electra_bridge.converters.formats.keras",
+    "keras-hub": "electra_bridge.converters.formats.keras_hub",
 }
 
 
