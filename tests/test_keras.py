@@ -70,7 +70,8 @@ def _keras_outputs(backend: str, root: str) -> dict[str, np.ndarray]:
     # under torch, frameworks stay importable: torch's start-up probes for (and may import) tensorflow and jax
     others = ([m for other, modules in FRAMEWORKS.items() if other != backend for m in modules]
               if backend != "torch" else [])
-    blocked = ("electra_bridge", "transformers", "tf_keras", "flax", *others)
+    # tensorflow's own start-up probes find_spec("tf_keras"): a blocked import there is an error, not absence
+    blocked = ("electra_bridge", "transformers", *(("tf_keras",) if backend != "tensorflow" else ()), "flax", *others)
     code = _RUN.format(job=job, inputs=root, backend=backend, result=result, others=blocked)
     proc = run_python(code, blocked=blocked, env={"KERAS_BACKEND": backend}, cwd=Path(root))
     assert proc.returncode == 0, proc.stderr[-4000:]
