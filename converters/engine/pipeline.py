@@ -71,11 +71,11 @@ def read(fmt: CheckpointFormat, path: str | Path, *, head: str | None = None, co
     Every file opened is a regular file inside the source folder (engine/files.py). A tensor
     holding NaN or Inf is refused, named, when it is loaded (``allow_nonfinite`` reads it as is)."""
     path = Path(path)
-    extras.require(fmt.extra, f"reading {fmt.name}")
     check_options(fmt, "read", options)
     weights = fmt.codec.locate(path)
     if weights is None or not weights.exists():
         raise FormatError(f"{path}: no {fmt.name} weights found")
+    extras.require(fmt.extra, f"reading {weights} ({fmt.name})")
     root = files.source_root(path)
     files.confined(weights, root, "weights file")
     if (weights.parent / "config.json").exists() and not config:
