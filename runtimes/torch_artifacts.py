@@ -22,15 +22,14 @@ import ast
 import io
 import json
 import logging
-import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from electra_bridge.schemas import ElectraConfig, FormatError, MissingDependencyError, SchemaError, get_head
+from electra_bridge.schemas.files import read_regular
 
 from .forward import Result
 
@@ -242,17 +241,7 @@ def check_pt2(data: bytes, path: Path) -> None:
 
 def read_artifact(path: Path) -> bytes:
     """The bytes of an artifact file: a regular file (no FIFO, no device) of at most MAX_ARTIFACT_BYTES."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot open ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path} is not a regular file")
-        if st.st_size > MAX_ARTIFACT_BYTES:
-            raise FormatError(f"{path} is {st.st_size} bytes, more than the {MAX_ARTIFACT_BYTES} an artifact may be")
-        return f.read(st.st_size)   # exactly the size: read(n) would reserve n bytes first
+    return read_regular(path, MAX_ARTIFACT_BYTES, what="artifact")
 
 
 def load_torchscript(path: Path):

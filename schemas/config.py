@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SchemaError
+from .files import read_regular
 
 #: Activations every runtime implements (see runtimes/forward.py ACTIVATIONS).
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh", "linear")
@@ -89,21 +88,12 @@ def _labels(id2label: Any, num_labels: Any) -> tuple[str, ...] | None:
 def read_config_text(path: str | Path) -> str:
     """The text of a config file: a regular file (no FIFO or device: never blocks, never endless)
     of at most MAX_CONFIG_BYTES, UTF-8."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise SchemaError(f"cannot read config {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SchemaError(f"cannot read config {path}: not a regular file")
-        raw = f.read(min(st.st_size, MAX_CONFIG_BYTES) + 1)   # read(n) reserves n bytes: never more than needed
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise SchemaError(f"cannot read config {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    raw = read_regular(path, MAX_CONFIG_BYTES, what="config", error=SchemaError)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SchemaError(f"cannot read config {path}: not UTF-8 ({exc.reason})") from exc
+
 
 @dataclass(frozen=True)
 class ElectraConfig:

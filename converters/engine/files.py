@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from electra_bridge.schemas import FormatError
+from electra_bridge.schemas.files import read_regular
 
 #: a shard index, TF1 state file or other side file larger than this is not one
 MAX_SIDE_FILE_BYTES = 64 << 20
@@ -42,16 +43,5 @@ def confined(path: Path, root: Path, what: str = "file") -> Path:
 
 
 def read_small(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (opened non-blocking: a FIFO never blocks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot open ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path} is not a regular file")
-        data = fh.read(min(st.st_size, limit) + 1)   # read(n) reserves n bytes: never more than needed
-    if len(data) > limit:
-        raise FormatError(f"{path} is larger than the {limit} bytes such a file may be")
-    return data
+    """The bytes of a regular side file of at most ``limit`` bytes (opened non-blocking: a FIFO never blocks)."""
+    return read_regular(path, limit)
