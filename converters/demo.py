@@ -42,7 +42,7 @@ from .formats import FORMATS, get_format
 log = logging.getLogger(__name__)
 
 #: checkpoint formats, in hop order; the last hop returns to the start for a round trip
-CHAIN = ("safetensors", "h5", "msgpack", "tf1", "safetensors")
+CHAIN = ("safetensors", "h5", "msgpack", "keras", "tf1", "safetensors")
 #: deployment artifacts, each exported from the source
 ARTIFACTS = ("onnx", "torchscript", "torch-export")
 #: the framework each checkpoint format is made for: its hop is also run there, against the numpy source

@@ -35,6 +35,8 @@ def test_every_registered_format_is_a_verified_hop(full_demo):
             assert Path(hop["path"]).is_dir()
         elif hop["result"] == "skipped":
             assert hop["reason"], hop            # a skip always says why
+    holds_the_head = [f for f in FORMATS if "pretraining" in get_format(f).heads]   # keras-hub holds base only
+    assert set(holds_the_head) <= {*demo.CHAIN, *demo.ARTIFACTS}, "a registered format the demo never visits"
     for fmt in (*demo.CHAIN, *demo.ARTIFACTS):
         assert fmt in by_format, f"{fmt} has no row"
         if fmt in FORMATS:   # registered here: it must have really run (not skipped for a missing framework)
