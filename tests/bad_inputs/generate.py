@@ -10,6 +10,7 @@ bounded time and memory). Nothing here is committed as a binary.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -921,6 +922,21 @@ def tf1_rewrite_index(index: Path, fn) -> None:
     index.write_bytes(build_table(fn(items)))
 
 
+def tf1_edit_first_entry(index: Path, marker: bytes, **fields) -> None:
+    """Rewrite the index so the first tensor whose name holds ``marker`` claims ``fields`` instead."""
+    from electra_bridge.converters.formats import tf1_bundle as b
+
+    def fn(items):
+        out, done = [], False
+        for k, v in items:
+            if k and marker in k and not done:
+                v = b.encode_entry(dataclasses.replace(b.parse_entry(k.decode(), v), **fields))
+                done = True
+            out.append((k, v))
+        return out
+    tf1_rewrite_index(index, fn)
+
+
 @case("tf1-checkpoint-absolute-path")
 def _(w):
     other = w.copy(TF1 / "pretraining", "elsewhere-bundle")
@@ -999,57 +1015,22 @@ def _(w):
 
 @case("tf1-tensor-offset-beyond-shard")
 def _(w):
-    from electra_bridge.converters.formats import tf1_bundle as b
-
     src, index = tf1(w)
-
-    def fn(items):
-        out = []
-        for k, v in items:
-            if k and b"LayerNorm/beta" in k and not any(b"LayerNorm/beta" in kk for kk, _ in out):
-                e = b.parse_entry(k.decode(), v)
-                v = b.encode_entry(type(e)(**{**e.__dict__, "offset": 1 << 40}))
-            out.append((k, v))
-        return out
-    tf1_rewrite_index(index, fn)
+    tf1_edit_first_entry(index, b"LayerNorm/beta", offset=1 << 40)
     return convert(w, src, "safetensors", mentions=("LayerNorm/beta",), isolate=True)
 
 
 @case("tf1-tensor-size-1e12")
 def _(w):
-    from electra_bridge.converters.formats import tf1_bundle as b
-
     src, index = tf1(w)
-
-    def fn(items):
-        out, done = [], False
-        for k, v in items:
-            if k and b"dense/kernel" in k and not done:
-                e = b.parse_entry(k.decode(), v)
-                v = b.encode_entry(type(e)(**{**e.__dict__, "shape": (1 << 20, 1 << 18), "size": 1 << 40}))
-                done = True
-            out.append((k, v))
-        return out
-    tf1_rewrite_index(index, fn)
+    tf1_edit_first_entry(index, b"dense/kernel", shape=(1 << 20, 1 << 18), size=1 << 40)
     return convert(w, src, "safetensors", mentions=("kernel",), isolate=True)
 
 
 @case("tf1-integer-weight")
 def _(w):
-    from electra_bridge.converters.formats import tf1_bundle as b
-
     src, index = tf1(w)
-
-    def fn(items):
-        out, done = [], False
-        for k, v in items:
-            if k and b"LayerNorm/gamma" in k and not done:
-                e = b.parse_entry(k.decode(), v)
-                v = b.encode_entry(type(e)(**{**e.__dict__, "dtype_enum": 3}))   # DT_INT32
-                done = True
-            out.append((k, v))
-        return out
-    tf1_rewrite_index(index, fn)
+    tf1_edit_first_entry(index, b"LayerNorm/gamma", dtype_enum=3)   # DT_INT32
     return convert(w, src, "safetensors", mentions=("LayerNorm/gamma",))
 
 
