@@ -31,7 +31,7 @@ from electra_bridge.schemas import (
 )
 from electra_bridge.schemas.tensors import BACKBONE_GROUPS
 
-from . import config_inference, extras, files, shards
+from . import extras, files, shards
 from .assets import collect, config_for, write_assets
 from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
 from .rules import Binding, Rule, account, bind, ignored_reason
@@ -123,16 +123,11 @@ def strip_prefix(natives: dict[str, NativeTensor], prefix: str, source: Path) ->
 
 
 def hf_plan(fmt: CheckpointFormat, request: ReadRequest) -> Plan:
-    """The Hugging Face way: config.json (or ``--config``; neither: inferred from the tensor shapes,
-    config_inference.py), head from ``architectures`` else from markers."""
-    if request.config is None and not (request.weights.parent / "config.json").exists():
-        cfg = config_inference.infer_from_natives(fmt.rules, request.natives, what=str(request.weights))
-        provenance, origin = {"config": config_inference.INFERRED}, config_inference.INFERRED
-    else:
-        cfg, provenance, origin = config_for(request.weights, request.config), {}, "config.json"
+    """The Hugging Face way: config.json (or ``--config``), head from ``architectures`` else from markers."""
+    cfg = config_for(request.weights, request.config)
     own_head = head_for_architecture(cfg.architectures) or detect_head(canonical_names(fmt.rules, request, cfg), cfg)
     cfg = config_for_head(fmt.read_config(cfg, own_head, str(request.weights)), own_head)
-    return Plan(own_head, cfg, fmt.rules, fmt.ignored, provenance, origin)
+    return Plan(own_head, cfg, fmt.rules, fmt.ignored)
 
 
 def canonical_names(rules: tuple[Rule, ...], request: ReadRequest, cfg) -> set[str]:
@@ -283,16 +278,12 @@ def native_tensors(fmt: CheckpointFormat, ckpt: Checkpoint) -> list[NativeTensor
 
 
 def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list[Path]:
-    """Write ``ckpt`` into folder ``out`` (which exists and is empty) as ``fmt``; above the
-    format's ``max_shard_size`` (its option, else transformers' default) as shards + index."""
+    """Write ``ckpt`` into folder ``out`` (which exists and is empty) as ``fmt``."""
     extras.require(fmt.extra, f"writing {fmt.name}")
     check_options(fmt, "write", options)
     fmt.check_writable(ckpt)
     check_head(fmt, ckpt)
-    natives = native_tensors(fmt, ckpt)
-    groups = shards.plan_shards(fmt.sharding, natives, options.get("max_shard_size"))
-    paths = (fmt.codec.write(out, natives, ckpt) if groups is None
-             else shards.write_sharded(fmt.sharding, fmt.index_name, out, groups, ckpt))
+    paths = fmt.codec.write(out, native_tensors(fmt, ckpt), ckpt)
     if not fmt.writes_hf_files:
         return paths
     return [*paths, *write_config_and_assets(ckpt, out, fmt.write_config(ckpt.hf_config))]
