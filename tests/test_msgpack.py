@@ -80,10 +80,12 @@ def test_head_is_detected_from_paths_when_architectures_is_silent(head, tmp_path
 
 def test_config_can_come_from_elsewhere(tmp_path):
     shutil.copy(FLAX / "question-answering" / flax_format.WEIGHTS, tmp_path / "qa.msgpack")
-    with pytest.raises(SchemaError, match="no config.json"):
-        read(tmp_path / "qa.msgpack")
+    inferred = read(tmp_path / "qa.msgpack")    # no config.json beside it: inferred from the shapes
+    assert inferred.provenance["config"] == "inferred from the tensor shapes"
     ckpt = read(tmp_path / "qa.msgpack", config=FLAX / "question-answering" / "config.json")
+    assert "config" not in ckpt.provenance
     assert_same_tensors(ckpt, read(HF / "question-answering"), same_config=False)
+    assert_same_tensors(inferred, ckpt, same_config=False)
 
 
 def test_base_written_from_a_head_model_has_no_prefix(tmp_path):

@@ -31,7 +31,7 @@ from electra_bridge.schemas import (
 )
 from electra_bridge.schemas.tensors import BACKBONE_GROUPS
 
-from . import extras, files, shards
+from . import config_inference, extras, files, shards
 from .assets import collect, config_for, write_assets
 from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
 from .rules import Binding, Rule, account, bind, ignored_reason
@@ -123,11 +123,16 @@ def strip_prefix(natives: dict[str, NativeTensor], prefix: str, source: Path) ->
 
 
 def hf_plan(fmt: CheckpointFormat, request: ReadRequest) -> Plan:
-    """The Hugging Face way: config.json (or ``--config``), head from ``architectures`` else from markers."""
-    cfg = config_for(request.weights, request.config)
+    """The Hugging Face way: config.json (or ``--config``; neither: inferred from the tensor shapes,
+    config_inference.py), head from ``architectures`` else from markers."""
+    if request.config is None and not (request.weights.parent / "config.json").exists():
+        cfg = config_inference.infer_from_natives(fmt.rules, request.natives, what=str(request.weights))
+        provenance, origin = {"config": config_inference.INFERRED}, config_inference.INFERRED
+    else:
+        cfg, provenance, origin = config_for(request.weights, request.config), {}, "config.json"
     own_head = head_for_architecture(cfg.architectures) or detect_head(canonical_names(fmt.rules, request, cfg), cfg)
     cfg = config_for_head(fmt.read_config(cfg, own_head, str(request.weights)), own_head)
-    return Plan(own_head, cfg, fmt.rules, fmt.ignored)
+    return Plan(own_head, cfg, fmt.rules, fmt.ignored, provenance, origin)
 
 
 def canonical_names(rules: tuple[Rule, ...], request: ReadRequest, cfg) -> set[str]:

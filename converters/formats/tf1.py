@@ -297,8 +297,7 @@ def plan(request: ReadRequest) -> Plan:
     elif isinstance(given, ElectraConfig):
         cfg = given
     else:
-        cfg = tf1_config.infer_config(sv.shapes, net=choice.net, body=choice.body, embeddings=choice.embeddings,
-                                      task=choice.task)
+        cfg = tf1_config.infer_config(request.natives, choice.rules, net=choice.net, source=source)
     if choice.net == "generator" and cfg.hidden_act != "gelu":
         log.warning("the generator's hidden_act is %r: Google's generator head applies it, while transformers' "
                     "ElectraForMaskedLM (and this runtime) hard-code gelu there, so the MLM logits will differ",

@@ -1,23 +1,27 @@
 """Where a Google TF1 checkpoint's config comes from: a given HF config.json or the original
 ELECTRA hparams JSON, a config.json beside the checkpoint, or the tensor shapes.
 
-Inferred: V, E, P and T from the embedding tables, H from the first layer's query kernel, I
-from its intermediate kernel, L from the layer scopes, the labels from the task head; the
-heads by Google's rule max(1, H // 64); gelu; LayerNorm epsilon 1e-12 (Google's value).
+Inferred by the inference every format shares (engine/config_inference.py): V, E, P and T from
+the embedding tables, H from the first layer's query kernel, I from its intermediate kernel, L
+from the layer scopes, the labels from the task head; the heads by Google's rule
+max(1, H // 64); gelu; LayerNorm epsilon 1e-12 (Google's value).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from electra_bridge.schemas import ElectraConfig, SchemaError, google_num_heads
 from electra_bridge.schemas.config import GOOGLE_SIZES, SIZE_LIMITS, check_types, read_config_text
 
-INFERRED = "inferred from the tensor shapes"
+from ..engine import config_inference
+from ..engine.format import NativeTensor
+from ..engine.rules import Rule
+
+INFERRED = config_inference.INFERRED
 
 #: keys only the original ELECTRA hparams JSON has (configure_pretraining / configure_finetuning)
 _HPARAM_KEYS = {"model_size", "model_hparam_overrides", "generator_hidden_size", "generator_layers",
@@ -30,28 +34,18 @@ def scopes(shapes: Mapping[str, tuple[int, ...]]) -> str:
     return ", ".join(sorted({n.split("/")[0] for n in shapes})) or "no model variables"
 
 
-def infer_config(shapes: Mapping[str, tuple[int, ...]], *, net: str, body: str, embeddings: str,
-                 task: str | None = None) -> ElectraConfig:
-    """The config of ``net`` (encoder under ``body``, tables under ``embeddings``) from the shapes;
-    with ``task``, the labels from its tagging layer."""
-    emb, layer0 = f"{embeddings}/embeddings", f"{body}/encoder/layer_0"
-    needed = [f"{emb}/word_embeddings", f"{emb}/position_embeddings", f"{emb}/token_type_embeddings",
-              f"{layer0}/attention/self/query/kernel", f"{layer0}/intermediate/dense/kernel"]
-    absent = [n for n in needed if n not in shapes]
+def infer_config(natives: Mapping[str, NativeTensor], rules: tuple[Rule, ...], *, net: str,
+                 source: str) -> ElectraConfig:
+    """The config of ``net`` from the shapes of the variables its ``rules`` map (the encoder, the
+    shared embeddings and a tagging task head): the one inference of engine/config_inference.py
+    that the HF formats share, with TF1's hint (the variable scopes present) when it cannot."""
+    found = config_inference.canonical_view(rules, natives)
+    absent = [name for name in config_inference.SIZES if name not in found]
     if absent:
-        raise SchemaError(f"cannot infer the {net}'s config: {', '.join(absent)} missing (variables under: "
-                          f"{scopes(shapes)}); pass --config")
-    layers = sorted({int(m.group(1)) for n in shapes if (m := re.match(rf"{re.escape(body)}/encoder/layer_(\d+)/", n))})
-    if layers != list(range(len(layers))):
-        raise SchemaError(f"the {net}'s layers are not numbered 0..L-1: found layer_{layers}")
-    vocab, width = shapes[f"{emb}/word_embeddings"]
-    hidden = shapes[f"{layer0}/attention/self/query/kernel"][1]
-    return ElectraConfig(
-        vocab_size=vocab, embedding_size=width, hidden_size=hidden, num_hidden_layers=len(layers),
-        num_attention_heads=google_num_heads(hidden), intermediate_size=shapes[f"{layer0}/intermediate/dense/kernel"][1],
-        max_position_embeddings=shapes[f"{emb}/position_embeddings"][0],
-        type_vocab_size=shapes[f"{emb}/token_type_embeddings"][0], hidden_act="gelu", layer_norm_eps=1e-12,
-        labels=task_labels(shapes, task) if task else ("LABEL_0", "LABEL_1"))
+        names = [r.native.format(layer=0) for r in rules if r.canonical.format(layer=0) in absent]
+        raise SchemaError(f"cannot infer the {net}'s config: {', '.join(names)} missing (variables under: "
+                          f"{scopes({n: t.shape for n, t in natives.items()})}); pass --config")
+    return config_inference.infer_config(found, what=f"{source} ({net})", rules=rules)
 
 
 def task_labels(shapes: Mapping[str, tuple[int, ...]], task: str) -> tuple[str, ...]:

@@ -443,13 +443,6 @@ def _(w):
     return inspect(src, mentions=(CFG, "outside"))
 
 
-@case("config-missing")
-def _(w):
-    src = w.copy(HF / "masked-lm")
-    (src / CFG).unlink()
-    return inspect(src, mentions=(CFG,))
-
-
 @case("vocab-symlink-outside")
 def _(w):
     src = w.copy(HF / "masked-lm")
