@@ -4,6 +4,9 @@ Every byte electra-bridge reads comes from inside the source folder (the folder 
 folder of the file given). ``confined`` refuses a path whose real location (symlinks followed)
 is outside that folder and anything that is not a regular file: a FIFO would block ``open``
 forever, a device (``/dev/zero``) never ends. Symlinks that stay inside the folder are fine.
+One exception, by layout: in a Hugging Face cache snapshot (``models--org--name/snapshots/<commit>/``,
+engine/hf_cache.py) every file is a symlink into ``models--org--name/blobs/``, so there the folder a
+read is confined to is the ``models--org--name`` folder; a link leaving that is refused as ever.
 ``read_small`` reads a small side file (index, state file) with a size limit, never blocking.
 """
 
@@ -16,19 +19,36 @@ from pathlib import Path
 from electra_bridge.schemas import FormatError
 from electra_bridge.schemas.files import read_regular
 
+from . import hf_cache
+
 #: a shard index, TF1 state file or other side file larger than this is not one
 MAX_SIDE_FILE_BYTES = 64 << 20
 
 
+def confinement_root(folder: Path) -> Path:
+    """The resolved folder reads below ``folder`` are confined to: ``folder`` itself, or the
+    ``models--org--name`` folder when ``folder`` is (in) a hub cache snapshot."""
+    return hf_cache.repo_root(folder) or Path(folder).resolve()
+
+
 def source_root(path: Path) -> Path:
-    """The folder a read of ``path`` is confined to."""
+    """The folder a read of ``path`` (a folder or a file) is confined to (resolved)."""
     path = Path(path)
-    return (path if path.is_dir() else path.parent).resolve()
+    return confinement_root(path if path.is_dir() else path.parent)
+
+
+def within(path: Path, root: Path) -> bool:
+    """The real location of ``path`` (symlinks followed) is inside ``confinement_root(root)``."""
+    root = confinement_root(root)
+    real = Path(path).resolve()
+    return real == root or root in real.parents
 
 
 def confined(path: Path, root: Path, what: str = "file") -> Path:
-    """``path`` if it is a regular file whose real location is inside ``root``; else FormatError."""
+    """``path`` if it is a regular file whose real location is inside ``root`` (widened to the
+    repo folder when ``root`` is a hub cache snapshot); else FormatError."""
     path = Path(path)
+    root = confinement_root(root)
     real = path.resolve()
     if real != root and root not in real.parents:
         raise FormatError(f"{path}: the {what} resolves to {real}, outside {root}; electra-bridge reads only "
