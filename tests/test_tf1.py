@@ -475,6 +475,48 @@ def test_heads_google_has_not_are_refused_by_the_writer(head, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+# ---- --task-name: the task_specific/<NAME>/ scope of a fine-tuned head ----------------------------
+
+@pytest.mark.parametrize("task", ["ner", "pos-tags.v2", "CoNLL_2003"])
+@pytest.mark.parametrize("src", [CHUNK, FIXTURES / "hf" / "token-classification"], ids=["tf1-chunk", "hf"])
+def test_task_name_names_the_tagging_scope_and_reads_back(src, task, tmp_path):
+    out = tmp_path / "out"
+    assert convert(src, out, "tf1", write_options={"task_name": task}).report.ok   # verified by reading it back
+    names = set(tf1_bundle.BundleReader(out).entries)
+    assert {f"task_specific/{task}/dense/kernel", f"task_specific/{task}/dense/bias"} <= names
+    assert all(n.startswith(f"task_specific/{task}/") for n in names if n.startswith("task_specific/"))
+    back = read(out)
+    assert back.head == "token-classification" and back.provenance["task"] == task
+    assert_same_tensors(back, read(src))
+
+
+def test_task_name_default_and_tensorflow_sees_the_scope(tmp_path):
+    convert(FIXTURES / "hf" / "token-classification", tmp_path / "default", "tf1")
+    assert read(tmp_path / "default").provenance["task"] == "chunk"   # as before: Google's tagging task
+    proc = run_cli("convert", CHUNK, tmp_path / "cli", "--to", "tf1", "--task-name", "ner", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    shapes = tf_reader(tmp_path / "cli").get_variable_to_shape_map()
+    assert shapes["task_specific/ner/dense/kernel"] == [make_tf1.DISC["H"], make_tf1.CHUNK_LABELS]
+    assert not any(n.startswith("task_specific/chunk/") for n in shapes)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "-x", "_x", "a b", "ner{0}", "..", ".", "tâche", 5])
+def test_bad_task_names_are_refused(bad, tmp_path):
+    with pytest.raises(SchemaError, match="--task-name .*one TF variable scope"):
+        write(read(CHUNK), tmp_path / "x", "tf1", task_name=bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_task_name_needs_a_fine_tuned_head(tmp_path):
+    with pytest.raises(SchemaError, match="fine-tuned head .* a pretraining checkpoint has none"):
+        write(read(PRE), tmp_path / "x", "tf1", task_name="ner")
+    with pytest.raises(SchemaError, match="cannot be written as a Google TF1 checkpoint"):
+        write(read(FIXTURES / "hf" / "sequence-classification"), tmp_path / "y", "tf1", task_name="mnli")
+    proc = run_cli("convert", CHUNK, tmp_path / "z", "--to", "tf1", "--task-name", "a/b", "--quiet")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --task-name 'a/b'"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "z").exists()
+
+
 def test_untied_generator_cannot_be_written(tmp_path):
     ckpt = read(FIXTURES / "hf" / "masked-lm")
     untied = ckpt.with_(config=ckpt.config.replace(tie_word_embeddings=False),

@@ -20,7 +20,7 @@ net are IGNORED with reasons and never read. The config (tf1_config.py) comes fr
 tensor shapes plus the ELECTRA rule heads = max(1, H // 64), unless ``--config`` (an HF
 config.json or the original hparams JSON) or a matching config.json beside the checkpoint
 says otherwise. Written: ``model.ckpt.{index,data-00000-of-00001}`` and a ``checkpoint``
-file, under google-research's names for the head.
+file, under google-research's names for the head (``--task-name`` names a fine-tuned head's task scope).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PREFIX_NAME = "model.ckpt"
 NETS = ("discriminator", "generator")
 WRITABLE_HEADS = ("pretraining", "masked-lm", "base", "token-classification")
+#: the writable heads Google keeps under task_specific/<task>/ (its GLUE and SQuAD heads have no exact HF class)
+FINETUNED_HEADS = ("token-classification",)
 
 OPTIONS = (
     Option("--net", "read", "which net of a Google pretraining checkpoint to take: discriminator (default, "
@@ -52,6 +54,8 @@ OPTIONS = (
            {"choices": ["discriminator", "generator", "both"]}),
     Option("--config", "read", "model config: an HF config.json, or for a Google TF1 checkpoint also the original "
            "ELECTRA hparams JSON (default: config.json beside the weights; for TF1, inferred from tensor shapes)"),
+    Option("--task-name", "write", "tf1: the task_specific/NAME/ scope a fine-tuned head (token-classification) is "
+           "written under (default: the TF1 source's task, else chunk); letters, digits, _ - and .", {"metavar": "NAME"}),
 )
 
 # ---- the RULES tables ---------------------------------------------------------------------------
@@ -328,7 +332,8 @@ def check_writable(ckpt: Checkpoint) -> None:
 def write_rules(ckpt: Checkpoint) -> tuple[Rule, ...]:
     """google-research names for ``ckpt``'s head: pretraining -> discriminator, masked-lm ->
     generator with the shared electra/embeddings, base -> the discriminator body,
-    token-classification -> task_specific/<task>/dense (task from a TF1 source, else chunk)."""
+    token-classification -> task_specific/<task>/dense (task from a TF1 source, else chunk; the
+    codec's ``task_name`` -- ``--task-name`` -- renames it)."""
     if ckpt.head == "token-classification":
         task = ckpt.provenance.get("task") if ckpt.provenance.get("format") == FORMAT.name else None
         return backbone_rules("electra") + tagging_head(task or TAGGING_TASKS[0])
@@ -361,8 +366,11 @@ class Tf1Codec:
         return {name: NativeTensor(name, e.shape, e.dtype, lambda name=name: bundle.read(name))
                 for name, e in bundle.entries.items()}
 
-    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint) -> list[Path]:
-        """``out/model.ckpt.{index,data-00000-of-00001}`` (kernels back in [in, out]) and ``out/checkpoint``."""
+    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint, task_name: str | None = None) -> list[Path]:
+        """``out/model.ckpt.{index,data-00000-of-00001}`` (kernels back in [in, out]) and ``out/checkpoint``;
+        ``task_name`` renames the fine-tuned head's ``task_specific/<task>/`` scope (tf1_config.rename_task)."""
+        if task_name is not None:
+            tensors = tf1_config.rename_task(tensors, ckpt.head, task_name, FINETUNED_HEADS)
         paths = tf1_bundle.write_bundle(out / PREFIX_NAME, {t.name: LazyTensor(t.shape, t.dtype, t.load) for t in tensors})
         return [*paths, tf1_bundle.write_checkpoint_state(out, PREFIX_NAME)]
 

@@ -5,13 +5,17 @@ Inferred by the inference every format shares (engine/config_inference.py): V, E
 the embedding tables, H from the first layer's query kernel, I from its intermediate kernel, L
 from the layer scopes, the labels from the task head; the heads by Google's rule
 max(1, H // 64); gelu; LayerNorm epsilon 1e-12 (Google's value).
+
+Also the one name a write chooses: the ``task_specific/<task>/`` scope of a fine-tuned head
+(``--task-name``, checked as one TF variable scope by ``check_task_name``; ``rename_task``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from electra_bridge.schemas import ElectraConfig, SchemaError, google_num_heads
@@ -50,6 +54,32 @@ def infer_config(natives: Mapping[str, NativeTensor], rules: tuple[Rule, ...], *
 
 def task_labels(shapes: Mapping[str, tuple[int, ...]], task: str) -> tuple[str, ...]:
     return tuple(f"LABEL_{i}" for i in range(shapes[f"task_specific/{task}/dense/kernel"][1]))
+
+
+#: a TF variable scope usable as one path segment: TF op names start with a letter, digit or ``.``
+#: and continue with those, ``_`` or ``-`` (``/`` would nest the scope and hide the task on reading)
+TASK_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.-]*")
+
+
+def check_task_name(name: object) -> str:
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name) or name in (".", ".."):
+        raise SchemaError(f"--task-name {name!r}: a task name is one TF variable scope: letters, digits, '_', '-' "
+                          "and '.', starting with a letter, digit or '.' (e.g. chunk, ner, pos-tags)")
+    return name
+
+
+def rename_task(tensors: Sequence[NativeTensor], head: str, name: str, finetuned: tuple[str, ...]) -> list[NativeTensor]:
+    """``tensors`` with the ``task_specific/<task>/`` scope renamed to ``name`` (validated); only a
+    fine-tuned head (``finetuned``) has that scope, any other head is refused."""
+    name = check_task_name(name)
+    if head not in finetuned:
+        raise SchemaError(f"--task-name names the task_specific/<NAME>/ scope of a fine-tuned head "
+                          f"({', '.join(finetuned)}); a {head} checkpoint has none")
+    out = []
+    for t in tensors:
+        scope, task, rest = (t.name.split("/", 2) + ["", ""])[:3]
+        out.append(dataclasses.replace(t, name=f"{scope}/{name}/{rest}") if scope == "task_specific" and rest else t)
+    return out
 
 
 def is_hparams(data: dict) -> bool:
