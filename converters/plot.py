@@ -5,18 +5,28 @@ scale, one line per head; a dashed line at atol; points out of tolerance in red;
 first divergence marked with a vertical line. Exact zeros are drawn at a floor below the
 smallest non-zero value (log scales cannot show 0) and the axis says so.
 
+The PNG carries what it draws: a ``tEXt`` chunk keyed ``PNG_DATA_KEY`` holds JSON with the
+stages (x order), each stage's pixel column in the image, the first divergence, and per line
+its label, max-abs values and out-of-tolerance flags -- so a CI job (or a test) can check
+the picture shows what the report says without reading pixels by eye.
+
 Needs matplotlib (``pip install 'electra-bridge[plot]'``); uses the Agg backend, so no
 display is needed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from electra_bridge.schemas import MissingDependencyError, SchemaError
 
 from electra_bridge.runtimes.verify import Diff, Report
+
+
+#: the PNG text chunk holding the plotted data (see the module docstring)
+PNG_DATA_KEY = "electra-bridge drift"
 
 
 def require_matplotlib():
@@ -47,6 +57,9 @@ def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, 
     plt = require_matplotlib()
     series = [(label, list(stages)) for label, stages in series if stages]
     fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=100)
+    data: dict = {"stages": [], "x_pixels": [], "first_divergence": None, "atol": atol,
+                  "series": [{"label": label, "max_abs": [d.max_abs for d in stages],
+                              "out_of_tolerance": [d.name for d in stages if not d.ok]} for label, stages in series]}
     try:
         if not series:
             ax.text(0.5, 0.5, "no per-layer drift: a side does not expose hidden states",
@@ -71,13 +84,17 @@ def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, 
                 ax.annotate(f" first divergence: {first}", (names.index(first), 0.93),
                             xycoords=("data", "axes fraction"), color="red")
             ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 8 else 0)
+            data.update(stages=names, first_divergence=first if first in names else None)
             ax.set_ylabel(f"max |a - b|  (exact 0 drawn at {floor:.0e})")
             ax.set_xlabel("stage (forward order); red = out of tolerance")
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         ax.set_title(title, fontsize="medium")
         fig.tight_layout()
-        fig.savefig(path, format="png")
+        if data["stages"]:       # display x of each stage; PNG columns count from the left like display x
+            data["x_pixels"] = [round(float(ax.transData.transform((i, 1.0))[0]), 1)
+                                for i in range(len(data["stages"]))]
+        fig.savefig(path, format="png", dpi=fig.dpi, metadata={PNG_DATA_KEY: json.dumps(data)})
     finally:
         plt.close(fig)
     return path

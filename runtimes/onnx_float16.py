@@ -99,7 +99,9 @@ def to_float16(model: onnx.ModelProto, cfg: ElectraConfig) -> dict[str, int]:
         return casts[(name, to)]
 
     for n in graph.node:
-        region = _F32 if n.name in keep else _F16
+        # an Identity copy (a graph output named twice) keeps its source's dtype: no round trip via float16
+        copy32 = n.op_type == "Identity" and typed.get(n.input[0]) == _F32
+        region = _F32 if n.name in keep or copy32 else _F16
         for k, name in enumerate(n.input):
             if name in typed and typed[name] != region:
                 n.input[k] = cast(name, region)

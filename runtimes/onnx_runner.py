@@ -7,8 +7,13 @@ The model describes itself through ``metadata_props`` written by converters/form
 
 Inputs are int64 ``input_ids``, ``attention_mask``, ``token_type_ids`` ([B, S], or
 [B, K, S] for multiple-choice); outputs are float32 numpy arrays named as the head's
-outputs (``logits``, ``last_hidden_state``, ``start_logits``/``end_logits``). Hidden
-states are not exported, so ``Result.hidden_states`` is empty and verify skips drift.
+outputs (``logits``, ``last_hidden_state``, ``start_logits``/``end_logits``). A graph exported
+with ``--hidden-states`` also has the float32 outputs ``hidden_states.0`` (embedding output) ..
+``hidden_states.L`` ([B, S, H]; [B*K, S, H] for multiple-choice, as forward.py computes them):
+they become ``Result.hidden_states`` (in layer order), so verify reports per-layer drift; a
+graph without them gives an empty tuple and verify compares the head outputs only. An input
+the graph also holds as an initializer (the causal-lm graph's ``token_type_ids``, zeros by
+default) is fed when the batch has it.
 Threads: ``threads`` argument, else the ELECTRA_BRIDGE_ORT_THREADS environment variable,
 else ONNX Runtime's default.
 
@@ -43,6 +48,8 @@ MODEL_FILE = "model.onnx"
 META_HEAD, META_CONFIG = "electra_bridge.head", "electra_bridge.config"
 META_GRAPH, META_DTYPE = "electra_bridge.graph", "electra_bridge.dtype"
 THREADS_ENV = "ELECTRA_BRIDGE_ORT_THREADS"
+#: output name prefix of the hidden states (``hidden_states.0`` = embeddings), as the torch artifacts name them
+HIDDEN_PREFIX = "hidden_states."
 #: graph kind -> runtime name (the key of runtimes/verify.py TOLERANCES)
 RUNTIME_BY_GRAPH = {"plain": "onnxruntime", "optimized": "onnxruntime-optimized"}
 
@@ -206,7 +213,11 @@ class OnnxRunner:
         if head != self.head:
             raise SchemaError(f"{self.name} was exported for head {self.head!r}, not {head!r}")
         session = self.session()
+        optional = {i.name for i in session.get_overridable_initializers()}
         feed = {i.name: np.ascontiguousarray(batch[i.name], dtype=np.int64) for i in session.get_inputs()}
+        feed.update({name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in optional & set(batch)})
         names = [o.name for o in session.get_outputs()]
-        values = session.run(names, feed)
-        return Result(dict(zip(names, values)), ())
+        values = dict(zip(names, session.run(names, feed)))
+        states = sorted((n for n in names if n.startswith(HIDDEN_PREFIX)), key=lambda n: int(n[len(HIDDEN_PREFIX):]))
+        outputs = {n: v for n, v in values.items() if not n.startswith(HIDDEN_PREFIX)}
+        return Result(outputs, tuple(values[n] for n in states))

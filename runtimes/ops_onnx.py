@@ -119,14 +119,21 @@ class GraphBuilder:
 
     def model(self, outputs: Mapping[str, tuple[Sym, Sequence[str | int]]], *,
               metadata: Mapping[str, str] = (), graph_name: str = "electra") -> onnx.ModelProto:
-        """Name ``outputs`` (output name -> (value, dims)), fold weight transposes, build the model."""
-        value_infos = []
+        """Name ``outputs`` (output name -> (value, dims)), fold weight transposes, build the model.
+
+        A value named twice (``base``'s ``last_hidden_state`` is also its last hidden state)
+        keeps the first name; the later outputs are Identity copies of it.
+        """
+        value_infos, named = [], {}
         for name, (value, dims) in outputs.items():
             producer = next((n for n in self.nodes if value.name in n.output), None)
-            if producer is None:                      # an input or initializer: copy it out
+            if value.name in named:                   # already an output: copy that one out
+                self.nodes.append(helper.make_node("Identity", [named[value.name]], [name], name=f"{name}_identity"))
+            elif producer is None:                    # an input or initializer: copy it out
                 self.nodes.append(helper.make_node("Identity", [value.name], [name], name=f"{name}_identity"))
             else:
                 self._rename(value.name, name)
+                named[value.name] = name
             value_infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims)))
         self._fold_weight_transposes()
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, value_infos,

@@ -18,6 +18,10 @@ from electra_bridge.schemas import SchemaError
 from .precision import FLOAT16_MAX, Agreement, Peak
 
 
+#: why a report has no drift table, and the fix for the one artifact that can add it
+NO_DRIFT = "a side does not expose hidden states; an ONNX export has them with --hidden-states"
+
+
 @dataclass(frozen=True)
 class Diff:
     """How far one array is from its reference."""
@@ -48,6 +52,11 @@ def diff(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> D
 
 @dataclass
 class HeadReport:
+    """One head's comparison. When both sides expose hidden states, ``drift`` holds one Diff per
+    state (embeddings, layer 0 .. L-1) and each gates ``ok`` like an output does: the last one is
+    ``base``'s ``last_hidden_state``, so every head's report compares it, and a change that moves
+    the hidden states but not (yet) the head's logits fails as well."""
+
     head: str
     outputs: list[Diff]
     #: hidden-state drift: "embeddings", "layer 0", ..., each a Diff
@@ -64,6 +73,21 @@ class HeadReport:
         return all(d.ok for d in self.outputs)
 
     @property
+    def rows(self) -> list[Diff]:
+        """The outputs, then (when the sides expose hidden states and the head is not ``base``) the
+        last hidden state as ``base:last_hidden_state``: the rows of the output tables."""
+        extra = []
+        if self.drift and "last_hidden_state" not in {d.name for d in self.outputs}:
+            last = self.drift[-1]
+            extra = [Diff("base:last_hidden_state", last.shape, last.max_abs, last.max_rel, last.worst_index, last.ok)]
+        return [*self.outputs, *extra]
+
+    @property
+    def drift_ok(self) -> bool:
+        """Every hidden state within tolerance (True when no side exposes them)."""
+        return all(d.ok for d in self.drift)
+
+    @property
     def agreement_ok(self) -> bool:
         return self.min_agreement is None or all(g.fraction >= self.min_agreement for g in self.agreement)
 
@@ -74,7 +98,7 @@ class HeadReport:
 
     @property
     def ok(self) -> bool:
-        return self.within_tolerance and self.agreement_ok and self.overflow is None
+        return self.within_tolerance and self.drift_ok and self.agreement_ok and self.overflow is None
 
     @property
     def head_diff(self) -> Diff:
@@ -190,10 +214,10 @@ class Report:
 
     def table(self) -> str:
         """Plain text: one line per head output, then the per-layer drift (max_abs, ``!`` = out of tolerance)."""
-        lines = [f"{'head':<24} {'output':<18} {'max_abs':>10} {'max_rel':>10}  {'worst index':<14} result"]
+        lines = [f"{'head':<24} {'output':<22} {'max_abs':>10} {'max_rel':>10}  {'worst index':<14} result"]
         for h in self.heads:
-            for d in h.outputs:
-                lines.append(f"{h.head:<24} {d.name:<18} {d.max_abs:>10.2e} {d.max_rel:>10.2e}  "
+            for d in h.rows:
+                lines.append(f"{h.head:<24} {d.name:<22} {d.max_abs:>10.2e} {d.max_rel:>10.2e}  "
                              f"{str(list(d.worst_index)):<14} {'ok' if d.ok else 'MISMATCH'}")
         agreeing = [(h, g) for h in self.heads for g in h.agreement]
         if agreeing:
@@ -201,7 +225,7 @@ class Report:
             lines += ["", f"agreement{gate}"]
             for h, g in agreeing:
                 low = self.min_agreement is not None and g.fraction < self.min_agreement
-                lines.append(f"{h.head:<24} {g.output:<18} {g.text()}{'  LOW' if low else ''}")
+                lines.append(f"{h.head:<24} {g.output:<22} {g.text()}{'  LOW' if low else ''}")
         audited = [h for h in self.heads if h.peaks]
         if audited:
             lines += ["", f"float16 audit (max |activation| in float32, limit {FLOAT16_MAX:g}; headroom = limit/max)"]
@@ -215,7 +239,7 @@ class Report:
             for name, diffs in rows:
                 lines.append(f"{name:<18}" + "".join(f"{_mark(d) if d else '-':>{width}}" for d in diffs))
         elif self.heads:
-            lines += ["", "drift: not available (a side does not expose hidden states)"]
+            lines += ["", f"drift: not available ({NO_DRIFT})"]
         if self.first_divergence:
             lines.append(f"first divergence: {self.first_divergence}")
         if self.problem():
@@ -227,7 +251,7 @@ class Report:
     def to_markdown(self) -> str:
         rows = ["| head | output | max_abs | max_rel | worst index | result |", "|---|---|---|---|---|---|"]
         for h in self.heads:
-            for d in h.outputs:
+            for d in h.rows:
                 rows.append(f"| {h.head} | {d.name} | {d.max_abs:.2e} | {d.max_rel:.2e} | {list(d.worst_index)} | "
                             f"{'ok' if d.ok else '**mismatch**'} |")
         drift: list[str] = []
@@ -239,7 +263,7 @@ class Report:
                 cells = ["-" if d is None else (f"{d.max_abs:.2e}" if d.ok else f"**{d.max_abs:.2e}**") for d in diffs]
                 drift.append(f"| {name} | " + " | ".join(cells) + " |")
         else:
-            drift = ["", "Drift per layer: not available (a side does not expose hidden states)."]
+            drift = ["", f"Drift per layer: not available ({NO_DRIFT})."]
         agreement = ["", "## Prediction agreement", "", "| head | output | kind | agree | of | fraction |",
                      "|---|---|---|---|---|---|"]
         for h in self.heads:

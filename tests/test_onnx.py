@@ -309,3 +309,91 @@ def test_base_size_every_head_within_1e4(head, tmp_path):
         worst = worst_diff(OnnxRunner(out), reference, head, [(1, 128, 2), (3, 57, 3)], atol=1e-4)
         print(f"base-size {head} {graph}: max_abs {worst:.2e}")
         assert worst <= 1e-4
+
+
+# ---- hidden states (--hidden-states): per-layer drift for ONNX artifacts --------------------------------
+
+#: graph kind -> (convert keyword arguments, bound on every hidden state's max-abs vs the float32 source)
+HIDDEN_KINDS = {
+    "plain": ({"write_options": {"plain": True}}, 1e-5),
+    "optimized": ({}, 1e-5),
+    "float16": ({"dtype": "float16"}, 1e-2),       # measured <= 2.9e-3 on the fixtures
+    "int8": ({"write_options": {"quantize": "int8"}}, 0.1),   # measured <= 5.0e-2 (dynamic int8 of every dense)
+}
+
+
+@pytest.mark.parametrize("kind", HIDDEN_KINDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_hidden_states_export_gives_drift_for_every_head_and_graph_kind(head, kind, tmp_path):
+    """convert --to onnx --hidden-states: the graph outputs hidden_states.0..L, the runner returns them
+    as hidden states, and convert's own verification reports (and gates) per-layer drift."""
+    options, bound = HIDDEN_KINDS[kind]
+    options = {**options, "write_options": {**options.get("write_options", {}), "hidden_states": True}}
+    result = convert(spec.HF_SAFETENSORS / head, tmp_path / "out", "onnx", **options)
+    layers = spec.CONFIG["num_hidden_layers"]
+    (report,) = result.report.heads
+    assert result.report.ok and report.drift_ok, result.report.table()
+    assert [d.name for d in report.drift] == ["embeddings"] + [f"layer {i}" for i in range(layers)]
+    worst = max(d.max_abs for d in report.drift)
+    print(f"{head} {kind}: hidden-state drift max_abs {worst:.2e}")
+    assert 0 <= worst <= bound
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    names = [o.name for o in model.graph.output]
+    assert names == [*get_head(head).output_names, *(f"hidden_states.{i}" for i in range(layers + 1))]
+    assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.FLOAT}
+    ckpt = read(spec.HF_SAFETENSORS / head)
+    batch = probe_batch(ckpt.config, head, batch=2, seq=7, choices=3)
+    got = OnnxRunner(tmp_path / "out").run(head, batch)
+    assert sorted(got.outputs) == sorted(get_head(head).output_names)       # hidden states are not outputs
+    rows = 2 * 3 if get_head(head).choices else 2                           # forward.py's [B*K, S, H]
+    assert [s.shape for s in got.hidden_states] == [(rows, 7, ckpt.config.hidden_size)] * (layers + 1)
+
+
+def test_base_hidden_state_output_named_twice_is_the_same_tensor(tmp_path):
+    """base: last_hidden_state and hidden_states.L are one value; the float16 graph copies it without a
+    float16 round trip, so both outputs are bit-identical."""
+    for name, options in {"float32": {}, "float16": {"dtype": "float16"}}.items():
+        convert(spec.HF_SAFETENSORS / "base", tmp_path / name, "onnx", write_options={"hidden_states": True},
+                **options)
+        result = OnnxRunner(tmp_path / name).run("base", probe_batch(read(spec.HF_SAFETENSORS / "base").config,
+                                                                      "base"))
+        assert np.array_equal(result.outputs["last_hidden_state"], result.hidden_states[-1]), name
+
+
+def _perturbed(src, dst, tensor: str, change):
+    """Copy the model in ``src`` to ``dst`` with ``change(array)`` applied to initializer ``tensor``."""
+    model = onnx.load(str(src))
+    target = next(t for t in model.graph.initializer if t.name == tensor)
+    array = onnx.numpy_helper.to_array(target).copy()
+    change(array)
+    target.CopyFrom(onnx.numpy_helper.from_array(array, target.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_onnx_against_onnx_names_the_perturbed_layer(graph, tmp_path):
+    """Both sides ONNX: the drift table is computed between the two graphs and names layer 0."""
+    ckpt = read(spec.HF_SAFETENSORS / "token-classification")
+    export(onnx_format.FORMAT, ckpt, tmp_path, hidden_states=True, **GRAPHS[graph])
+    bad = _perturbed(tmp_path / "model.onnx", tmp_path / "bad.onnx", "encoder.layer.0.output.dense.weight.T",
+                     lambda a: a.__setitem__((slice(None), 3), a[:, 3] + 0.05))
+    report = compare(OnnxRunner(bad), OnnxRunner(tmp_path / "model.onnx"))
+    (head,) = report.heads
+    assert not report.ok and report.first_divergence == "layer 0"
+    assert [d.ok for d in head.drift] == [True, False, False]
+
+
+def test_a_hidden_state_change_the_logits_hide_still_fails(tmp_path):
+    """The last hidden state gates every head: a last-layer LayerNorm bias moved by 5e-4 in one unit
+    leaves the classifier's logits within tolerance, yet the report is NOT EQUAL and names layer 1."""
+    head = "sequence-classification"
+    ckpt = read(spec.HF_SAFETENSORS / head)
+    export(onnx_format.FORMAT, ckpt, tmp_path, hidden_states=True)
+    bad = _perturbed(tmp_path / "model.onnx", tmp_path / "bad.onnx", "encoder.layer.1.output.LayerNorm.bias",
+                     lambda a: a.__setitem__(5, a[5] + 5e-4))
+    report = compare(OnnxRunner(bad), CheckpointRunner(ckpt))
+    (h,) = report.heads
+    assert h.within_tolerance and not h.drift_ok and not report.ok, report.table()
+    assert report.first_divergence == "layer 1"
+    assert "base:last_hidden_state" in report.table() and "MISMATCH" in report.table()

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from electra_bridge.runtimes.onnx_runner import (
-    META_CONFIG, META_DTYPE, META_GRAPH, META_HEAD, MODEL_FILE, OnnxRunner, describe, model_path,
+    HIDDEN_PREFIX, META_CONFIG, META_DTYPE, META_GRAPH, META_HEAD, MODEL_FILE, OnnxRunner, describe, model_path,
 )
 from electra_bridge.schemas import HEADS, Checkpoint, MissingDependencyError, SchemaError, get_head
 from electra_bridge.schemas.checkpoint import materialize
@@ -69,6 +69,9 @@ OPTIONS = (
            f"need >= {MIN_OPSET}, optimized ones >= {MIN_FUSED_OPSET})", {"type": int, "default": None}),
     Option("--plain", "write", "ONNX export: a portable graph of standard ONNX ops, without ONNX Runtime "
            "fusions (default: fused for ONNX Runtime CPU)", {"action": "store_true", "default": None}),
+    Option("--hidden-states", "write", "ONNX export: also output the hidden states (hidden_states.0 = embeddings "
+           ".. hidden_states.L, float32), so verify names the first layer where two models part",
+           {"action": "store_true", "default": None}),
     Option("--quantize", "write", "ONNX export: dynamic int8 quantization of the dense weights; the measured "
            "logit deviation is reported by the verification", {"choices": ["int8"], "default": None}),
 )
@@ -94,8 +97,16 @@ def _dims(symbols) -> list[str | int]:
     return [AXES.get(s, s) for s in symbols]
 
 
-def build_model(ckpt: Checkpoint, *, opset: int = DEFAULT_OPSET):
-    """The plain ONNX graph of the checkpoint's head: forward.py over symbolic ops."""
+def hidden_state_dims(head: str, hidden_size: int) -> list[str | int]:
+    """Dims of each ``hidden_states.i`` output: [batch_size, sequence_length, H], or for
+    multiple-choice forward.py's flattened [batch_size*num_choices, sequence_length, H]."""
+    first = "batch_size_x_num_choices" if get_head(head).choices else "batch_size"
+    return [first, "sequence_length", hidden_size]
+
+
+def build_model(ckpt: Checkpoint, *, opset: int = DEFAULT_OPSET, hidden_states: bool = False):
+    """The plain ONNX graph of the checkpoint's head: forward.py over symbolic ops; with
+    ``hidden_states`` also the outputs ``hidden_states.0`` (embeddings) .. ``hidden_states.L``."""
     _require_onnx()
     from electra_bridge.runtimes.forward import forward
     from electra_bridge.runtimes.ops_onnx import GraphBuilder, OnnxOps
@@ -114,6 +125,9 @@ def build_model(ckpt: Checkpoint, *, opset: int = DEFAULT_OPSET):
     sizes = {"H": cfg.hidden_size, "V": cfg.vocab_size, "C": cfg.num_labels}
     outputs = {name: (result.outputs[name], [sizes.get(s, s) for s in _dims(symbols[name])])
                for name in spec.output_names}
+    if hidden_states:
+        dims = hidden_state_dims(head, cfg.hidden_size)
+        outputs.update({f"{HIDDEN_PREFIX}{i}": (state, dims) for i, state in enumerate(result.hidden_states)})
     metadata = {META_HEAD: head, META_CONFIG: cfg.to_json(), META_GRAPH: "plain", META_DTYPE: "float32"}
     return builder.model(outputs, metadata=metadata, graph_name=f"electra_{head.replace('-', '_')}")
 
@@ -165,7 +179,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool | None = None,
-           quantize: str | None = None) -> list[Path]:
+           quantize: str | None = None, hidden_states: bool | None = None) -> list[Path]:
     """Write ``out/model.onnx`` (+ ``model.onnx.data`` for big models; see the module docstring)."""
     if quantize not in (None, "int8"):
         raise SchemaError(f"--quantize supports int8 only, not {quantize!r}")
@@ -183,7 +197,7 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
     if half == "float16" and quantize:
         raise SchemaError("--quantize int8 quantizes a float32 graph: drop --dtype float16 (or convert the "
                           "float16 checkpoint with --dtype float32 --quantize int8)")
-    model = build_model(ckpt, opset=opset)
+    model = build_model(ckpt, opset=opset, hidden_states=bool(hidden_states))
     if not plain:
         from electra_bridge.runtimes.onnx_fuse import fuse
 
