@@ -30,7 +30,7 @@ LFS_SUFFIXES = (".safetensors", ".h5", ".msgpack", ".bin")
 NEEDS_API = pytest.mark.xfail(strict=True, raises=FormatError,
                               reason="api.detect_format/read must call engine.hf_cache.resolve first")
 #: shards.weight_map refuses a shard whose real location's parent is not the index's folder, and a
-#: cache shard is a symlink into blobs/; it must use files.within (see the module docstring of files.py)
+#: cache shard is a symlink into blobs/; it must check files.within(path, folder) instead
 NEEDS_SHARDS = pytest.mark.xfail(strict=True, raises=FormatError,
                                  reason="shards.weight_map must check files.within(path, folder)")
 
@@ -180,6 +180,26 @@ def test_symlink_leaving_the_repo_folder_is_refused(tmp_path, name):
     relink(snap / name, outside)
     with pytest.raises(FormatError, match="outside"):
         read(snap)
+
+
+def test_blob_that_is_no_regular_file_is_refused(tmp_path):
+    _, snap = make_cache(tmp_path / "hub", FIXTURES / "hf" / "masked-lm")
+    blob = (snap / "model.safetensors").resolve()
+    blob.unlink()
+    os.mkfifo(blob)   # a FIFO inside blobs/: confinement widened, the regular-file rule is not
+    assert files.within(snap / "model.safetensors", snap)
+    with pytest.raises(FormatError, match="not a regular file"):
+        files.confined(snap / "model.safetensors", snap.resolve(), "weights file")
+    with pytest.raises(FormatError):
+        read(snap)
+
+
+def test_within_is_the_check_a_shard_needs(tmp_path):
+    _, snap = make_cache(tmp_path / "hub", FIXTURES / "hf" / "masked-lm")
+    assert files.within(snap / "model.safetensors", snap) and files.within(snap / "config.json", snap.resolve())
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    relink(snap / "model.safetensors", tmp_path / "outside.safetensors")
+    assert not files.within(snap / "model.safetensors", snap)
 
 
 def test_symlink_into_another_repos_blobs_is_refused(tmp_path):

@@ -7,7 +7,9 @@ forever, a device (``/dev/zero``) never ends. Symlinks that stay inside the fold
 One exception, by layout: in a Hugging Face cache snapshot (``models--org--name/snapshots/<commit>/``,
 engine/hf_cache.py) every file is a symlink into ``models--org--name/blobs/``, so there the folder a
 read is confined to is the ``models--org--name`` folder; a link leaving that is refused as ever.
-``read_small`` reads a small side file (index, state file) with a size limit, never blocking.
+``within`` is the location test alone (a shard index's file names: inside the index's folder, the
+cache repo folder for a cache snapshot). ``read_small`` reads a small side file (index, state file)
+with a size limit, never blocking.
 """
 
 from __future__ import annotations
