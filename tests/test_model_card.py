@@ -163,4 +163,14 @@ def test_files_adapter_reads_the_checkpoint():
     assert front_matter(text)["pipeline_tag"] == "token-classification"
     assert "| dtype | float32 |" in text and "TFElectraForTokenClassification" in text
     assert "`this folder` (a) ran against the reference" in text   # never the staging folder's name
-    assert model_card.files(ckpt, "onnx")["README.md"].decode().count("NOT verified") == 1
+    unverified = model_card.files(ckpt, "onnx", dtype="int8")["README.md"].decode()
+    assert unverified.count("NOT verified") == 1 and "| dtype | int8 |" in unverified
+
+
+def test_card_dtype_is_the_stored_dtype():
+    import ml_dtypes
+
+    ckpt = read(FIXTURES / "hf" / "base")
+    half = ckpt.with_(tensors={n: ckpt.array(n).astype(ml_dtypes.bfloat16) for n in ckpt.tensors})
+    assert model_card.stored_dtype(ckpt) == "float32" and model_card.stored_dtype(half) == "bfloat16"
+    assert "| dtype | bfloat16 |" in model_card.files(half, "safetensors")["README.md"].decode()
