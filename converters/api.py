@@ -11,12 +11,11 @@ Progress bars (stderr, only on a terminal) are switched off with ``progress.conf
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,38 +79,6 @@ def open_runner(path: str | Path, fmt: str | None = None, *, runtime: str = "num
     return CheckpointRunner(read(path, fmt, head=head, **options), runtime, name=str(path))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
-
-
-def _clean_stale_staging(out: Path) -> None:
-    """Remove ``.OUT.partial-PID`` folders a killed run left beside ``out`` (only ours: that name
-    pattern, a real folder, and no process PID alive any more)."""
-    prefix = f".{out.name}.partial-"
-    for old in out.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = old.name[len(prefix):]
-        if pid.isdigit() and old.is_dir() and not old.is_symlink() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _staging_dir(out: Path) -> Path:
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        _clean_stale_staging(out)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise FormatError(f"{out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
-    return tmp
-
-
 def write(ckpt: Checkpoint, out: str | Path, to: str, *, force: bool = False, **options) -> Path:
     """Write ``ckpt`` as format ``to`` into the folder ``out``, atomically (no verification).
 
@@ -119,25 +86,35 @@ def write(ckpt: Checkpoint, out: str | Path, to: str, *, force: bool = False, **
     return _write_verified(ckpt, Path(out), to, force=force, check=None, options=options)
 
 
-def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check, options: Mapping) -> Path:
+def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check, options: Mapping,
+                    card: Callable[[Report | None], dict[str, bytes]] | None = None) -> Path:
+    """Write into a staging folder beside ``out``, run ``check`` on it (it raises on a mismatch and
+    returns the report), add ``card(report)``'s files, and only then rename it to ``out``."""
     spec = get_format(to)
     source = ckpt.provenance.get("path")
     output.check_target(out, [Path(source)] if source else [], force=force)
-    tmp = _staging_dir(out)
+    tmp = output.staging_dir(out)
     try:
+        with output.naming_out(tmp, out):
+            try:
+                if isinstance(spec, CheckpointFormat):
+                    pipeline.write(spec, ckpt, tmp, **options)
+                else:
+                    pipeline.export(spec, ckpt, tmp, **options)
+                if not (isinstance(spec, CheckpointFormat) and not spec.writes_hf_files):   # keras-hub: its own files
+                    _complete_assets(ckpt, tmp)
+            except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
+                raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
+            report = check(tmp) if check is not None else None
         try:
-            if isinstance(spec, CheckpointFormat):
-                pipeline.write(spec, ckpt, tmp, **options)
-            else:
-                pipeline.export(spec, ckpt, tmp, **options)
-            if not (isinstance(spec, CheckpointFormat) and not spec.writes_hf_files):   # keras-hub: its own files
-                _complete_assets(ckpt, tmp)
+            if card is not None:
+                assets.write_assets(tmp, {n: d for n, d in card(report).items() if not (tmp / n).exists()})
             output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
-                                      "source_format": ckpt.provenance.get("format", "in memory")})
-        except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
+                                      "source_format": ckpt.provenance.get("format", "in memory"),
+                                      "dtype": ckpt.provenance.get("dtype", "as stored"),
+                                      "verification": report.to_dict() if report is not None else None})
+        except OSError as exc:
             raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
-        if check is not None:
-            check(tmp)
         if out.exists() or out.is_symlink():
             output.check_target(out, [], force=force)        # still ours, right before it goes
             old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
@@ -179,7 +156,8 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
             verify: bool = True, force: bool = False, runtime: str = "numpy", atol: float | None = None,
             rtol: float | None = None, read_options: Mapping | None = None,
             write_options: Mapping | None = None, dtype: str | None = None,
-            min_agreement: float | None = None) -> ConvertResult:
+            min_agreement: float | None = None, report: str | Path | None = None, plot: str | Path | None = None,
+            tokenizer: str | Path | None = None) -> ConvertResult:
     """Convert ``src`` into folder ``out`` as format ``to``; verify the result against the source.
 
     ``dtype`` ("float32", "float16", "bfloat16"; None keeps the stored dtypes) casts the
@@ -187,6 +165,10 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     source computed in float32 (never against a half copy of itself), with the tolerance row
     of its dtype, its prediction agreement (``min_agreement`` gates on it) and, for float16,
     the overflow audit. On a mismatch nothing is left at ``out`` and VerificationError carries the report.
+    ``report`` (.json / .md) and ``plot`` (.png) are written from the verification, also on a mismatch.
+    ``tokenizer`` is a folder whose tokenizer files replace the source's (a source without any
+    is converted with a warning: its output does not load with AutoTokenizer).
+    Every output folder gets electra-bridge.json: what was converted, from what, and its verification.
     ``read_options={"net": "both"}`` (Google pretraining checkpoints) converts each net into
     ``out/discriminator`` and ``out/generator``; the result lists both in ``parts``.
     """
@@ -194,11 +176,22 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     if read_options.get("net") == "both":
         results = [convert(src, Path(out) / net, to, fmt=fmt, head=head, verify=verify, force=force, runtime=runtime,
                            atol=atol, rtol=rtol, read_options={**read_options, "net": net},
-                           write_options=write_options, dtype=dtype, min_agreement=min_agreement)
+                           write_options=write_options, dtype=dtype, min_agreement=min_agreement,
+                           report=_for_net(report, net), plot=_for_net(plot, net), tokenizer=tokenizer)
                    for net in ("discriminator", "generator")]
         return ConvertResult(Path(out), results[0].source, results[0].report, results)
+    if not verify and (report is not None or plot is not None):
+        raise SchemaError("--report and --plot come from the verification: drop --no-verify or them")
+    check_report_paths(report, plot)
     pipeline.cast_dtype(dtype)                       # an unknown --dtype fails before the read
+    given_assets = _tokenizer_files(tokenizer) if tokenizer is not None else None
     ckpt = read(src, fmt, head=head, **read_options)
+    if given_assets is not None:
+        ckpt = ckpt.with_(assets={**{k: v for k, v in ckpt.assets.items() if k not in assets.ASSET_NAMES},
+                                  **given_assets})
+    elif not ({"vocab.txt", "tokenizer.json"} & set(ckpt.assets)):
+        log.warning("%s has no tokenizer files (vocab.txt, tokenizer.json): %s will not load with AutoTokenizer; "
+                    "add them with --tokenizer DIR", src, out)
     out = Path(out)
     reports: list[Report] = []
     n = len(ckpt.tensors)
@@ -206,24 +199,64 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     with progress.Progress(n + (n + 2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
         tracked = progress.track_tensors(ckpt, bar)
 
-        def check(tmp: Path) -> None:
+        def check(tmp: Path) -> Report:
             bar.describe(f"verifying {to}")
             source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
             target = get_format(to)
             written = (target.verify_runner(tmp) if isinstance(target, CheckpointFormat) and target.verify_runner else
                        open_runner(tmp, to, **{k: True for k in ("allow_nonfinite",) if read_options.get(k)}))
             written.name = str(out)
-            report = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
+            result = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
                              min_agreement=min_agreement)
-            reports.append(report)
-            if not report.ok:
-                why = report.problem()
-                raise VerificationError(f"{out} does not match {src}" + (f": {why}" if why else "") +
-                                        f":\n{report.table()}", report)
+            reports.append(result)
+            write_report(result, report, plot)
+            if not result.ok:
+                why = result.problem() or (f"first divergence at {result.first_divergence}"
+                                           if result.first_divergence else None)
+                raise VerificationError(f"{out} does not match {src}" + (f": {why}" if why else ""), result)
+            return result
 
-        _write_verified(pipeline.cast(tracked, dtype), out, to, force=force, check=check if verify else None,
+        written_ckpt = pipeline.cast(tracked, dtype)
+        _write_verified(written_ckpt, out, to, force=force, check=check if verify else None,
                         options=dict(write_options or {}))
     return ConvertResult(out, ckpt, reports[0] if reports else None)
+
+
+def _for_net(path: str | Path | None, net: str) -> Path | None:
+    """``r.md`` -> ``r.discriminator.md``: each net of ``--net both`` gets its own report."""
+    return None if path is None else Path(path).with_name(f"{Path(path).stem}.{net}{Path(path).suffix}")
+
+
+def _tokenizer_files(folder: str | Path) -> dict[str, bytes]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SchemaError(f"--tokenizer {folder}: not a folder (give the folder holding vocab.txt or tokenizer.json)")
+    found = assets.collect(folder)
+    if not ({"vocab.txt", "tokenizer.json"} & set(found)):
+        raise SchemaError(f"--tokenizer {folder}: it holds neither vocab.txt nor tokenizer.json")
+    return found
+
+
+def check_report_paths(report: str | Path | None, plot: str | Path | None) -> None:
+    """Fail before the long work when a report or plot could not be written at the end."""
+    if report is not None and Path(report).suffix.lower() not in REPORT_FORMATS:
+        raise SchemaError(f"report {report}: use a .json or .md file name")
+    for what, path in (("report", report), ("plot", plot)):
+        if path is not None and not Path(path).parent.is_dir():
+            raise SchemaError(f"{what} {path}: the folder {Path(path).parent} does not exist")
+    if plot is not None:
+        from .plot import require_matplotlib
+        if Path(plot).suffix.lower() != ".png":
+            raise SchemaError(f"plot {plot}: the plot is a PNG; name it *.png")
+        require_matplotlib()
+
+
+def write_report(result: Report, report: str | Path | None, plot: str | Path | None) -> None:
+    if report is not None:
+        result.write(report)
+    if plot is not None:
+        from .plot import plot_drift
+        plot_drift(result, plot)
 
 
 def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, atol: float | None = None,
@@ -244,16 +277,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         raise SchemaError("give at most one of text, inputs and batch_for")
     if text_pair is not None and text is None:
         raise SchemaError("--text-pair needs --text")
-    if report is not None and Path(report).suffix.lower() not in REPORT_FORMATS:
-        raise SchemaError(f"report {report}: use a .json or .md file name")
-    for what, path in (("report", report), ("plot", plot)):   # a folder that is missing fails now, not at the end
-        if path is not None and not Path(path).parent.is_dir():
-            raise SchemaError(f"{what} {path}: the folder {Path(path).parent} does not exist")
-    if plot is not None:   # fail before the long work, not after it
-        from .plot import require_matplotlib
-        if Path(plot).suffix.lower() != ".png":
-            raise SchemaError(f"plot {plot}: the plot is a PNG; name it *.png")
-        require_matplotlib()
+    check_report_paths(report, plot)
     batch = user_inputs.load(inputs) if isinstance(inputs, (str, Path)) else (
         user_inputs.complete(inputs, "inputs") if inputs is not None else None)
     runners = [open_runner(p, runtime=runtime, **_declared(p, read_options)) for p in (a, b)]
@@ -279,11 +303,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for,
                          min_agreement=min_agreement)
     result.source = source
-    if report is not None:
-        result.write(report)
-    if plot is not None:
-        from .plot import plot_drift
-        plot_drift(result, plot)
+    write_report(result, report, plot)
     return result
 
 
@@ -323,16 +343,20 @@ def _track(runner, bar):
     return runner
 
 
-def inspect(path: str | Path, fmt: str | None = None) -> dict:
-    """Format, config, head, tensors (name, shape, dtype) and parameter count of ``path``."""
+def inspect(path: str | Path, fmt: str | None = None, *, head: str | None = None, **options) -> dict:
+    """Format, weights file, config, head, dtypes, tensors (name, shape, stored dtype) and parameter
+    count of ``path``; ``head`` and read ``options`` (net, config) read it as convert would."""
     fmt = fmt or detect_format(path)
     spec = get_format(fmt)
     if isinstance(spec, ArtifactFormat):
+        if head is not None or options:
+            raise SchemaError(f"{path} is a {fmt} artifact: --head, --net and --config apply to checkpoints only")
         return {"format": fmt, "path": str(path), **spec.inspect(Path(path))}
-    ckpt = read(path, fmt)
+    ckpt = read(path, fmt, head=head, **options)
     return {
         "format": fmt,
         "path": str(path),
+        "weights": ckpt.provenance.get("file"),
         "head": ckpt.head,
         "provenance": dict(ckpt.provenance),
         "config": ckpt.config.to_dict(),

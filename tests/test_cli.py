@@ -280,7 +280,8 @@ def test_json_everywhere(tmp_path, capsys):
     assert code == 0 and info["head"] == "pretraining" and "vocab.txt" in info["assets"]
     code, out, _ = main(capsys, "convert", SRC, tmp_path / "out", "--to", "safetensors", "--json")
     assert code == 0
-    assert json.loads(out)["report"]["ok"] is True
+    doc = json.loads(out)
+    assert doc["outputs"][0]["report"]["ok"] is True and doc["out"] == str(tmp_path / "out")
 
 
 @pytest.mark.requires("test")

@@ -190,7 +190,7 @@ def test_converted_folder_loads_in_transformers_with_equal_outputs(head, tmp_pat
     out = tmp_path / head
     proc = run_cli("convert", spec.HF_BIN / head, out, "--to", "safetensors", "--json")
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)["report"]
+    report = json.loads(proc.stdout)["outputs"][0]["report"]
     assert report["ok"] and head in report["heads"]
     model, info = getattr(transformers, spec.HF_CLASS[head]).from_pretrained(out, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []

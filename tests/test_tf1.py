@@ -328,7 +328,9 @@ def test_cli_net_both_writes_one_folder_per_net(tmp_path):
     for net, cls in NET_CLASS.items():
         assert json.loads((out / net / "config.json").read_text())["architectures"] == [cls]
         assert f"wrote {out / net} (safetensors" in proc.stdout  # both folders are reported
-    docs = json.loads(run_cli("convert", PRE, out, "--to", "safetensors", "--net", "both", "--force", "--json").stdout)
+    doc = json.loads(run_cli("convert", PRE, out, "--to", "safetensors", "--net", "both", "--force", "--json").stdout)
+    docs = doc["outputs"]   # one JSON shape: the envelope, then one entry per folder written
+    assert doc["ok"] and doc["out"] == str(out) and [d["out"] for d in docs] == [str(out / n) for n in NET_CLASS]
     assert [d["head"] for d in docs] == ["pretraining", "masked-lm"] and all(d["report"]["ok"] for d in docs)
 
 
