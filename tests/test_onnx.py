@@ -160,24 +160,6 @@ def test_folder_is_usable_like_an_optimum_export(tmp_path):
     assert result.report.ok and result.report.heads[0].outputs[0].max_abs <= 1e-5
 
 
-@pytest.mark.oracle
-def test_optimum_and_transformers_load_the_folder(tmp_path):
-    """Optimum's ORTModel and transformers' tokenizer take our folder as they take an Optimum export."""
-    pytest.importorskip("optimum.onnxruntime")
-    import torch
-    from optimum.onnxruntime import ORTModelForSequenceClassification
-    from transformers import AutoTokenizer, ElectraForSequenceClassification
-
-    src = spec.HF_SAFETENSORS / "sequence-classification"
-    convert(src, tmp_path / "out", "onnx")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
-    enc = tokenizer(["hello world", "the naive model is electra"], padding=True, return_tensors="pt")
-    ours = ORTModelForSequenceClassification.from_pretrained(tmp_path / "out")(**enc).logits
-    with torch.no_grad():
-        theirs = ElectraForSequenceClassification.from_pretrained(src).eval()(**enc).logits
-    assert max_abs(ours.numpy(), theirs.numpy()) <= 1e-5
-
-
 def test_bare_onnx_file_is_self_describing(exported, tmp_path):
     shutil.copy(exported("multiple-choice", "optimized") / "model.onnx", tmp_path / "mc.onnx")
     runner = open_runner(tmp_path / "mc.onnx")                       # no config.json beside it

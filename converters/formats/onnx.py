@@ -13,8 +13,11 @@ transformers or Optimum is involved. The folder written is usable like an Optimu
 
 Graph contract: inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` int64
 [batch_size, sequence_length] ([batch_size, num_choices, sequence_length] for
-multiple-choice), all axes dynamic; outputs float32, named as Optimum names them
-(``last_hidden_state``, ``logits``, ``start_logits`` / ``end_logits``). The model stores
+multiple-choice), all axes dynamic (causal-lm: ``token_type_ids`` may be omitted, zeros, as
+Optimum's ORTModelForCausalLM omits it); outputs float32, named as Optimum names them
+(``last_hidden_state``, ``logits``, ``start_logits`` / ``end_logits``), with ``--hidden-states``
+then ``hidden_states.0`` (embeddings) .. ``hidden_states.L`` [batch_size, sequence_length, H]
+(multiple-choice: [batch_size*num_choices, ...], as forward.py computes them). The model stores
 its head, config, graph kind and dtype in ``metadata_props`` so a bare .onnx is
 self-describing.
 
@@ -61,6 +64,9 @@ DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
 #: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: head -> inputs the graph defaults to zeros when not fed: Optimum's ORTModelForCausalLM feeds
+#: input_ids and attention_mask only (transformers' ElectraForCausalLM defaults token_type_ids to zeros)
+DEFAULTED_INPUTS = {"causal-lm": ("token_type_ids",)}
 #: symbolic shape letters of schemas/heads.py -> dynamic axis names (Optimum's spelling)
 AXES = {"B": "batch_size", "S": "sequence_length", "K": "num_choices"}
 
@@ -221,13 +227,28 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
         quantize_int8(float_path, path)
         import onnx
 
-        quantized = onnx.load(str(path))
-        _set_meta(quantized, dtype="int8")
+        model = onnx.load(str(path))
+        _set_meta(model, dtype="int8")
         for leftover in [*out.glob(".float32.onnx*"), path, out / DATA_FILE]:
             if leftover.exists():
                 leftover.unlink()
-        return save(quantized, path)
+    if ckpt.head in DEFAULTED_INPUTS:
+        _default_inputs(model, DEFAULTED_INPUTS[ckpt.head])
     return save(model, path)
+
+
+def _default_inputs(model, names) -> None:
+    """Give the graph inputs ``names`` a default: an int64 [1, 1] zeros initializer of the same name.
+
+    ONNX Runtime then lists them under ``get_overridable_initializers()`` instead of
+    ``get_inputs()``: a caller may omit them (zeros, broadcast over [B, S] where forward.py adds
+    the token-type embeddings to the word embeddings) or feed them. Added last, after fusion and
+    quantization, so no pass takes the default for a constant.
+    """
+    from onnx import numpy_helper
+
+    for name in names:
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 1), np.int64), name))
 
 
 # ---- inspecting ---------------------------------------------------------------------------------
@@ -252,6 +273,7 @@ def inspect(path: Path) -> dict:
         "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         "config": cfg.to_dict(),
         "inputs": {i.name: dims(i) for i in model.graph.input},
+        "optional_inputs": [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}],
         "outputs": {o.name: dims(o) for o in model.graph.output},
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
