@@ -379,3 +379,29 @@ def test_a_hidden_state_change_the_logits_hide_still_fails(tmp_path):
     assert h.within_tolerance and not h.drift_ok and not report.ok, report.table()
     assert report.first_divergence == "layer 1"
     assert "base:last_hidden_state" in report.table() and "MISMATCH" in report.table()
+
+
+# ---- inspect ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["plain", "optimized", "float16", "int8"])
+def test_inspect_counts_exactly_the_source_parameters(kind, tmp_path):
+    """Constants (shapes, axes, scalars), causal-lm's token_type_ids default and the int8 scales and
+    zero points are not parameters; packed q|k|v and transposed weights keep their sizes."""
+    options = {"plain": {"plain": True}, "optimized": {}, "float16": {}, "int8": {"quantize": "int8"}}[kind]
+    for head in HEADS:
+        ckpt = read(spec.HF_SAFETENSORS / head)
+        if kind == "float16":
+            from electra_bridge.converters.engine.pipeline import cast
+            ckpt = cast(ckpt, "float16")
+        out = tmp_path / head
+        out.mkdir()
+        export(onnx_format.FORMAT, ckpt, out, **options)
+        info = onnx_format.inspect(out)
+        model = onnx.load(str(out / "model.onnx"))
+        assert info["dtype"] == {"float16": "float16", "int8": "int8"}.get(kind, "float32")
+        assert info["num_parameters"] == ckpt.num_parameters, (head, kind)
+        everything = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        assert everything > info["num_parameters"]           # the graph does hold constants beside the weights
+        assert not any(t["name"].startswith("/") or t["name"].endswith("_scale") for t in info["tensors"])
+    assert info["optional_inputs"] == []                      # question-answering: every input required
+    assert onnx_format.inspect(tmp_path / "causal-lm")["optional_inputs"] == ["token_type_ids"]

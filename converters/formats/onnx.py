@@ -253,6 +253,25 @@ def _default_inputs(model, names) -> None:
 
 # ---- inspecting ---------------------------------------------------------------------------------
 
+#: suffixes of what ONNX Runtime's quantizer stores beside a weight's int8 copy ``<name>_quantized``
+QUANTIZER_SIDE_TENSORS = ("_scale", "_zero_point")
+
+
+def parameters(model) -> list:
+    """The initializers holding the checkpoint's parameters, each once: not the graph's constants
+    (``/const_*``: shapes, axes, scalars), not an input's default (causal-lm ``token_type_ids``),
+    and of an int8 weight its ``_quantized`` copy but not its scale and zero point. Fusion packs
+    q|k|v into one tensor of the same size and transposed weights keep their size, so the count
+    equals the source checkpoint's ``num_parameters`` (a tied decoder is stored once)."""
+    names = {t.name for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+
+    def side(name: str) -> bool:
+        return any(name.endswith(s) and f"{name[:-len(s)]}_quantized" in names for s in QUANTIZER_SIDE_TENSORS)
+
+    return [t for t in model.graph.initializer if not t.name.startswith("/") and t.name not in inputs and not side(t.name)]
+
+
 def inspect(path: Path) -> dict:
     """Head, config, graph kind, dtype, inputs/outputs with their axes, operator counts, parameters."""
     _require_onnx()
@@ -261,6 +280,7 @@ def inspect(path: Path) -> dict:
     file = model_path(path)
     cfg, head, graph, dtype = describe(file)
     model = onnx.load(str(file), load_external_data=False)
+    weights = parameters(model)
 
     def dims(vi):
         return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
@@ -276,12 +296,11 @@ def inspect(path: Path) -> dict:
         "optional_inputs": [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}],
         "outputs": {o.name: dims(o) for o in model.graph.output},
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
-        "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)),
+        "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in weights)),
         "external_data": external.name if external.exists() else None,
         "assets": sorted(collect(file.parent)),
         "tensors": [{"name": t.name, "shape": list(t.dims),
-                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name}
-                    for t in model.graph.initializer if not t.name.startswith("/")],
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name} for t in weights],
     }
 
 
