@@ -26,6 +26,7 @@ from electra_bridge.runtimes.verify import REPORT_FORMATS
 from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
 from . import inputs as user_inputs
+from . import model_card
 from . import text as text_inputs
 from . import tokenizer_assets
 from .engine import assets, extras, output, pipeline, progress
@@ -168,7 +169,8 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     ``report`` (.json / .md) and ``plot`` (.png) are written from the verification, also on a mismatch.
     ``tokenizer`` is a folder whose tokenizer files replace the source's (a source without any
     is converted with a warning: its output does not load with AutoTokenizer).
-    Every output folder gets electra-bridge.json: what was converted, from what, and its verification.
+    Every output folder gets a model card (README.md: format, head, dtype, source, the verification
+    table) and electra-bridge.json (the same as data).
     ``read_options={"net": "both"}`` (Google pretraining checkpoints) converts each net into
     ``out/discriminator`` and ``out/generator``; the result lists both in ``parts``.
     """
@@ -218,7 +220,10 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
 
         written_ckpt = pipeline.cast(tracked, dtype)
         _write_verified(written_ckpt, out, to, force=force, check=check if verify else None,
-                        options=dict(write_options or {}))
+                        options=dict(write_options or {}),
+                        card=lambda result: model_card.files(
+                            written_ckpt, to, result.to_dict() if result is not None else None,
+                            dtype=(write_options or {}).get("quantize")))   # int8: what the graph stores
     return ConvertResult(out, ckpt, reports[0] if reports else None)
 
 
