@@ -196,7 +196,7 @@ def files(ckpt: Checkpoint, fmt: str, report=None, *, dtype: str | None = None,
     """``{"README.md": card}`` for ``ckpt`` written as ``fmt``; ``report``: the Report (or its dict) of the
     verification, None when unverified; ``dtype``: what the artifact stores when the writer changed it
     (an int8-quantized ONNX graph of a float32 checkpoint), else the checkpoint's stored dtype."""
-    data = report
+    data = report.to_dict() if hasattr(report, "to_dict") else report
     if data is not None:   # side a of convert's check is this folder, still under its staging name
         data = {**data, "a": "this folder"}
     text = render(ckpt.hf_config.to_dict(), head=ckpt.head, fmt=fmt, dtype=dtype or stored_dtype(ckpt),
