@@ -29,7 +29,7 @@ from . import inputs as user_inputs
 from . import model_card
 from . import text as text_inputs
 from . import tokenizer_assets
-from .engine import assets, extras, output, pipeline, progress
+from .engine import assets, extras, hf_cache, output, pipeline, progress
 from .engine.format import ArtifactFormat, CheckpointFormat
 from .formats import FORMATS, all_formats, get_format
 
@@ -44,9 +44,14 @@ class VerificationError(BridgeError):
         self.report = report
 
 
+def located(path: str | Path) -> Path:
+    """``path``, or for a Hugging Face cache folder (``models--org--name``) its ``refs/main`` snapshot."""
+    return hf_cache.resolve(Path(path))[0]
+
+
 def detect_format(path: str | Path) -> str:
     """The first registered format whose ``detect`` accepts ``path``."""
-    path = Path(path)
+    path = located(path)
     if not path.exists() and not Path(f"{path}.index").exists():
         raise FormatError(f"{path} does not exist")
     reasons = []
@@ -63,6 +68,7 @@ def detect_format(path: str | Path) -> str:
 
 def read(path: str | Path, fmt: str | None = None, *, head: str | None = None, **options) -> Checkpoint:
     """Read any checkpoint format into a canonical Checkpoint (options: e.g. net, config)."""
+    path = located(path)
     spec = get_format(fmt or detect_format(path))
     if not isinstance(spec, CheckpointFormat):
         raise FormatError(f"{path} is a {spec.name} artifact: it can be run and verified, not read back as a checkpoint")
@@ -72,6 +78,7 @@ def read(path: str | Path, fmt: str | None = None, *, head: str | None = None, *
 def open_runner(path: str | Path, fmt: str | None = None, *, runtime: str = "numpy", head: str | None = None,
                 **options) -> Runner:
     """Something that runs ``path``: a checkpoint through ``runtime``, an artifact through its own runner."""
+    path = located(path)
     fmt = fmt or detect_format(path)
     spec = get_format(fmt)
     if isinstance(spec, ArtifactFormat):
@@ -351,6 +358,7 @@ def _track(runner, bar):
 def inspect(path: str | Path, fmt: str | None = None, *, head: str | None = None, **options) -> dict:
     """Format, weights file, config, head, dtypes, tensors (name, shape, stored dtype) and parameter
     count of ``path``; ``head`` and read ``options`` (net, config) read it as convert would."""
+    path = located(path)
     fmt = fmt or detect_format(path)
     spec = get_format(fmt)
     if isinstance(spec, ArtifactFormat):

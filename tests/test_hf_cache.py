@@ -25,10 +25,6 @@ from electra_bridge.schemas import FormatError
 
 REPO_ID = "google/electra-bridge-tiny"
 LFS_SUFFIXES = (".safetensors", ".h5", ".msgpack", ".bin")
-#: reading a models--org--name folder itself goes through api.detect_format/read, which do not call
-#: hf_cache.resolve yet (converters/api.py is not this module's to change); strict, so wiring it fails here
-NEEDS_API = pytest.mark.xfail(strict=True, raises=FormatError,
-                              reason="api.detect_format/read must call engine.hf_cache.resolve first")
 #: shards.weight_map refuses a shard whose real location's parent is not the index's folder, and a
 #: cache shard is a symlink into blobs/; it must check files.within(path, folder) instead
 NEEDS_SHARDS = pytest.mark.xfail(strict=True, raises=FormatError,
@@ -137,7 +133,6 @@ def test_snapshot_reads_like_the_plain_folder(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", cases(sharded_mark=NEEDS_SHARDS))
-@NEEDS_API
 def test_repo_folder_reads_directly(tmp_path, kind):
     source = SOURCES[kind](tmp_path)
     repo, _ = make_cache(tmp_path / "hub", source)
@@ -155,7 +150,6 @@ def test_cli_inspect_and_convert_a_snapshot(tmp_path, capsys):
     assert (tmp_path / "out" / "vocab.txt").read_bytes() == (snap / "vocab.txt").read_bytes()
 
 
-@NEEDS_API
 def test_cli_inspect_a_repo_folder(tmp_path, capsys):
     repo, _ = make_cache(tmp_path / "hub", FIXTURES / "hf" / "sequence-classification")
     code = cli.main(["inspect", str(repo), "--json"])
