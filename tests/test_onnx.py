@@ -198,8 +198,10 @@ def test_int8_deviation_is_measured_and_reported(tmp_path):
     proc = run_cli("convert", spec.HF_SAFETENSORS / "sequence-classification", tmp_path / "q", "--to", "onnx",
                    "--quantize", "int8", "--json")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
-    report = data.get("report", data)
+    data = json.loads(proc.stdout)
+    assert data["ok"] and data["command"] == "convert"
+    (written,) = data["outputs"]
+    report = written["report"]
     deviation = report["heads"]["sequence-classification"]["outputs"]["logits"]["max_abs"]
     assert 0 < deviation <= 0.1                        # int8 is not exact, and the report says by how much
     runner = OnnxRunner(tmp_path / "q")
@@ -232,7 +234,8 @@ def test_external_data_for_big_models(tmp_path, monkeypatch):
     assert worst_diff(OnnxRunner(tmp_path), CheckpointRunner(ckpt), "masked-lm", SHAPES[:1]) <= 1e-5
 
 
-@pytest.mark.parametrize("opset,plain", [(15, True), (18, False), (18, True)])
+@pytest.mark.parametrize("opset,plain", [(15, True), (18, False), (18, True),
+                                         (onnx_format.MAX_OPSET, False), (onnx_format.MAX_OPSET, True)])
 def test_opsets(opset, plain, tmp_path):
     ckpt = read(spec.HF_SAFETENSORS / "causal-lm")
     export(onnx_format.FORMAT, ckpt, tmp_path, opset=opset, plain=plain)
@@ -247,6 +250,35 @@ def test_bad_options_are_refused(tmp_path):
         export(onnx_format.FORMAT, ckpt, tmp_path, opset=15)            # optimized graph needs LayerNormalization
     with pytest.raises(SchemaError, match="int8"):
         export(onnx_format.FORMAT, ckpt, tmp_path, quantize="int4")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--opset", "99"], "--opset: 99 is outside the opsets the ONNX export supports, 15..{max}"),
+    (["--opset", "14", "--plain"], "--opset: 14 is outside the opsets the ONNX export supports, 15..{max}"),
+    (["--opset", "seventeen"], "--opset: 'seventeen' is not an integer opset"),
+    (["--opset", "16"], "--opset 16: the optimized ONNX graph is exported for opsets 17..{max}; opsets 15..16 "
+                        "need --plain"),
+])
+def test_opset_out_of_range_is_one_clean_error(args, says, tmp_path):
+    """Validated before anything runs: one error line naming --opset and the valid range, never
+    ONNX Runtime's message about a staging folder; nothing is left behind."""
+    proc = run_cli("convert", spec.HF_SAFETENSORS / "base", tmp_path / "out", "--to", "onnx", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert says.format(max=onnx_format.MAX_OPSET) in lines[0]
+    assert ".partial" not in proc.stderr and "onnxruntime" not in proc.stderr.lower()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opset_range_is_checked_by_the_api_too(tmp_path):
+    ckpt = read(spec.HF_SAFETENSORS / "base")
+    high = onnx_format.MAX_OPSET
+    for opset, plain in [(high + 1, True), (high + 1, False), (14, True), (0, True)]:
+        with pytest.raises(SchemaError, match=rf"--opset {opset}: the (plain|optimized) ONNX graph is exported "
+                                              rf"for opsets 1[57]\.\.{high}"):
+            export(onnx_format.FORMAT, ckpt, tmp_path, opset=opset, plain=plain)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("head", ["sequence-classification", "causal-lm"])

@@ -23,7 +23,8 @@ self-describing.
 
 Opset 17 by default: the first opset with a standard LayerNormalization, which the
 optimized graph uses for LayerNorms that have no residual; plain graphs run from opset 15
-(Shape with start/end). Default graph: optimized for ONNX Runtime on CPU
+(Shape with start/end); both up to MAX_OPSET (the newest verified), and ``--opset`` outside
+that range is refused naming the option and the range before anything is written. Default graph: optimized for ONNX Runtime on CPU
 (runtimes/onnx_fuse.py: Attention, SkipLayerNormalization, BiasGelu/Gelu (exact erf),
 LayerNormalization, Softmax contrib and standard ops); ``--plain``: the emitted graph,
 standard ONNX ops only, for any ONNX runtime. ``--quantize int8``: ONNX Runtime dynamic
@@ -41,6 +42,7 @@ refused (no bfloat16 graph is written: ONNX Runtime's CPU provider lacks the ker
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import Counter
 from pathlib import Path
@@ -61,6 +63,10 @@ log = logging.getLogger(__name__)
 
 DATA_FILE = MODEL_FILE + ".data"
 DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
+#: the newest opset exported, run by ONNX Runtime and verified (tests/test_onnx.py ``test_opsets``
+#: exports and verifies MIN_OPSET..MAX_OPSET with onnx 1.23 and onnxruntime 1.32); an older onnx
+#: package lowers it to the newest opset that package knows
+MAX_OPSET = 28
 #: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -70,9 +76,44 @@ DEFAULTED_INPUTS = {"causal-lm": ("token_type_ids",)}
 #: symbolic shape letters of schemas/heads.py -> dynamic axis names (Optimum's spelling)
 AXES = {"B": "batch_size", "S": "sequence_length", "K": "num_choices"}
 
+def newest_opset() -> int:
+    """MAX_OPSET, or the installed onnx package's newest opset when that is older."""
+    try:
+        import onnx
+    except ImportError:
+        return MAX_OPSET
+    return min(MAX_OPSET, onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int, plain: bool) -> int:
+    """``opset`` if the graph kind supports it, else a SchemaError naming --opset and the valid range."""
+    low, high = (MIN_OPSET if plain else MIN_FUSED_OPSET), newest_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        hint = (f"; opsets {MIN_OPSET}..{MIN_FUSED_OPSET - 1} need --plain (the optimized graph uses "
+                f"LayerNormalization, opset {MIN_FUSED_OPSET})" if not plain and MIN_OPSET <= opset < low else "")
+        raise SchemaError(f"--opset {opset}: the {'plain' if plain else 'optimized'} ONNX graph is exported for "
+                          f"opsets {low}..{high}{hint}")
+    return opset
+
+
+def _opset_argument(text: str) -> int:
+    """argparse ``type`` of --opset: an integer in MIN_OPSET..newest_opset(), checked before any work
+    (the optimized graph's higher minimum is checked by export, which knows --plain)."""
+    try:
+        opset = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer opset") from None
+    if not MIN_OPSET <= opset <= newest_opset():
+        raise argparse.ArgumentTypeError(f"{opset} is outside the opsets the ONNX export supports, "
+                                         f"{MIN_OPSET}..{newest_opset()} (the optimized graph, without --plain: "
+                                         f"{MIN_FUSED_OPSET}..{newest_opset()})")
+    return opset
+
+
 OPTIONS = (
     Option("--opset", "write", f"ONNX opset of the exported graph (default {DEFAULT_OPSET}; plain graphs "
-           f"need >= {MIN_OPSET}, optimized ones >= {MIN_FUSED_OPSET})", {"type": int, "default": None}),
+           f"{MIN_OPSET}..{MAX_OPSET}, optimized ones {MIN_FUSED_OPSET}..{MAX_OPSET})",
+           {"type": _opset_argument, "default": None, "metavar": "N"}),
     Option("--plain", "write", "ONNX export: a portable graph of standard ONNX ops, without ONNX Runtime "
            "fusions (default: fused for ONNX Runtime CPU)", {"action": "store_true", "default": None}),
     Option("--hidden-states", "write", "ONNX export: also output the hidden states (hidden_states.0 = embeddings "
@@ -118,8 +159,7 @@ def build_model(ckpt: Checkpoint, *, opset: int = DEFAULT_OPSET, hidden_states: 
     from electra_bridge.runtimes.ops_onnx import GraphBuilder, OnnxOps
 
     head, spec = ckpt.head, get_head(ckpt.head)
-    if opset < MIN_OPSET:
-        raise SchemaError(f"opset {opset} is too old: the exported graph needs opset >= {MIN_OPSET}")
+    check_opset(opset, plain=True)
     cfg = ckpt.hf_config
     builder = GraphBuilder(opset)
     ops = OnnxOps(builder)
@@ -189,10 +229,7 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
     """Write ``out/model.onnx`` (+ ``model.onnx.data`` for big models; see the module docstring)."""
     if quantize not in (None, "int8"):
         raise SchemaError(f"--quantize supports int8 only, not {quantize!r}")
-    opset = opset or DEFAULT_OPSET
-    if not plain and opset < MIN_FUSED_OPSET:
-        raise SchemaError(f"the optimized graph needs opset >= {MIN_FUSED_OPSET} (LayerNormalization); "
-                          f"pass --opset {MIN_FUSED_OPSET} or --plain")
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset, bool(plain))
     from electra_bridge.runtimes.runner import weights_dtype
 
     half = weights_dtype(ckpt)
