@@ -8,6 +8,11 @@ exact erf form because forward.py spells it out with ``ops.erf``.
 The same ops serve the TorchScript and torch.export artifacts (runtimes/torch_module.py):
 sizes are read with ``x.shape`` and passed on unchanged, so a tracer records them as
 graph values (or torch.export as symbols) instead of freezing the example's numbers.
+
+``HalfTorchOps(torch.float16 | torch.bfloat16)`` is the half-precision variant the artifacts
+use for ``convert --dtype float16|bfloat16``: parameters, embedding lookups, matmuls (dense
+layers, attention scores and context, the LM decoder) and GELU run in the half dtype, while
+LayerNorm statistics, softmax and the additive attention mask run in float32 (see the class).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ class TorchOps(BaseOps):
     """float32 throughout; erf is torch.erf (exact, never a tanh approximation)."""
 
     def __init__(self, dtype: torch.dtype = torch.float32):
-        self.dtype = dtype
+        self.dtype = dtype   # of parameters, products and the mask (HalfTorchOps: mask float32)
 
     # ---- conversions used by CheckpointRunner -------------------------------------------
     def param(self, array) -> torch.Tensor:
@@ -96,6 +101,60 @@ class TorchOps(BaseOps):
 
     def float_min(self) -> float:
         return float(torch.finfo(self.dtype).min)
+
+
+class HalfTorchOps(TorchOps):
+    """Matmuls and embeddings in ``dtype`` (float16 or bfloat16); LayerNorm, softmax and the mask in float32.
+
+    Why these splits: float16 holds at most 65504, and LayerNorm's sum of squares passes that once
+    activations pass 256; softmax's exp and its sum and the additive mask (``finfo.min``) overflow
+    the same way. So ``mean`` (LayerNorm's two statistics, SequenceSummary "mean") accumulates in
+    float32 and returns float32, which torch's type promotion carries through the rest of
+    forward.layer_norm (``x - mean`` is float32) and through the residual sums that feed the
+    next LayerNorm; ``to_float`` / ``less_equal`` / ``float_min`` build the mask in float32, so
+    ``scores + bias`` and the softmax after it are float32. ``linear`` and ``matmul`` cast their
+    float32 operands down to ``dtype`` (torch's matmul refuses mixed dtypes), so every product
+    runs in the half dtype with its float32 accumulation inside the kernel. Parameters become
+    ``dtype`` tensors (``param``) except where the caller keeps them float32 (``param32``: the
+    LayerNorm weights, whose kernel runs in float32).
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"HalfTorchOps takes torch.float16 or torch.bfloat16, not {dtype}")
+        super().__init__(dtype)
+
+    def param(self, array) -> torch.Tensor:
+        # float32 first: widening float16/bfloat16 is exact, so a half checkpoint keeps its values
+        return super().param(array).to(self.dtype)
+
+    def param32(self, array) -> torch.Tensor:
+        return super().param(array)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().to(torch.float32).cpu().numpy()
+
+    def linear(self, x, weight, bias):
+        return torch.nn.functional.linear(x.to(self.dtype), weight, bias)
+
+    def matmul(self, a, b):
+        return torch.matmul(a.to(self.dtype), b.to(self.dtype))
+
+    def mean(self, x, axis):
+        return torch.mean(x, dim=axis, keepdim=True, dtype=torch.float32)
+
+    def to_float(self, x):
+        return x.to(torch.float32)
+
+    def less_equal(self, a, b):
+        return torch.le(a, b).to(torch.float32)
+
+    def float_min(self) -> float:
+        return float(torch.finfo(torch.float32).min)
+
+
+#: ``--dtype`` names -> the torch dtype of the half ops
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def make_ops() -> TorchOps:

@@ -4,7 +4,10 @@ Both artifacts take ``(input_ids, attention_mask, token_type_ids)`` positionally
 [B, S] ([B, K, S] for multiple-choice), and return a dict of float32 tensors: the head's
 outputs (transformers names) and ``hidden_states.0..L``. Each file carries a small JSON
 record (``electra_bridge.json``, stored inside the archive as an extra file) with the
-head, the config and the input/output names, so a lone file still says what it is.
+head, the config, the input/output names and the compute ``dtype`` ("float32", or
+"float16"/"bfloat16" for a ``--dtype`` half artifact: half weights and matmuls, float32
+LayerNorm/softmax/mask, still int64 in and float32 out; runtimes/torch_module.py), so a
+lone file still says what it is; the runner reports that dtype, which picks its tolerance row.
 Loading needs only torch: no electra_bridge code is referenced by the artifacts.
 
 Opening an artifact never executes code from it. A ``.pt2`` is read into memory once and
@@ -51,12 +54,18 @@ def import_torch():
     return torch
 
 
-def metadata(fmt: str, cfg: ElectraConfig, head: str, output_names: tuple[str, ...]) -> str:
-    """The JSON record stored inside an artifact."""
+#: the compute dtypes an artifact may record (float32 unless written with a half ``--dtype``)
+ARTIFACT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def metadata(fmt: str, cfg: ElectraConfig, head: str, output_names: tuple[str, ...], dtype: str = "float32") -> str:
+    """The JSON record stored inside an artifact (``dtype``: its weights' and matmuls' dtype)."""
     torch = import_torch()
+    if dtype not in ARTIFACT_DTYPES:
+        raise SchemaError(f"artifact dtype {dtype!r}: choose one of {', '.join(ARTIFACT_DTYPES)}")
     return json.dumps({"format": fmt, "head": head, "inputs": list(INPUT_NAMES), "input_dtype": "int64",
-                       "outputs": list(output_names), "dtype": "float32", "torch_version": torch.__version__,
-                       "config": cfg.to_dict()}, indent=2)
+                       "outputs": list(output_names), "output_dtype": "float32", "dtype": dtype,
+                       "torch_version": torch.__version__, "config": cfg.to_dict()}, indent=2)
 
 
 def parse_metadata(raw: str | bytes, path: Path) -> dict:
@@ -64,6 +73,9 @@ def parse_metadata(raw: str | bytes, path: Path) -> dict:
         meta = json.loads(raw)
         get_head(meta["head"])
         meta["config"] = ElectraConfig.from_dict(meta["config"])
+        meta.setdefault("dtype", "float32")
+        if meta["dtype"] not in ARTIFACT_DTYPES:
+            raise ValueError(f"dtype {meta['dtype']!r} is none of {', '.join(ARTIFACT_DTYPES)}")
     except (ValueError, KeyError, TypeError, SchemaError) as exc:
         raise FormatError(f"{path}: the embedded {META_NAME} is missing or unreadable ({exc}); "
                           "this file was not written by electra-bridge") from exc
@@ -272,9 +284,8 @@ LOADERS = {"torchscript": load_torchscript, "torch-export": load_torch_export}
 
 
 class TorchArtifactRunner:
-    """Runs a saved torch artifact; ``runtime`` is "torchscript" or "torch-export" (tolerance rows)."""
-
-    dtype = "float32"
+    """Runs a saved torch artifact; ``runtime`` is "torchscript" or "torch-export" and ``dtype`` the one
+    its record names (together: its tolerance row)."""
 
     def __init__(self, path: str | Path, runtime: str, name: str | None = None):
         if runtime not in LOADERS:
@@ -283,6 +294,7 @@ class TorchArtifactRunner:
         self._module, meta = LOADERS[runtime](self.path)
         self.config: ElectraConfig = meta["config"]
         self.head: str = meta["head"]
+        self.dtype: str = meta["dtype"]
         self.heads = (self.head,)
         self.output_names: tuple[str, ...] = tuple(meta["outputs"])
         self.name = name or str(path)

@@ -14,7 +14,9 @@ The patterns are traced from forward.py itself, not re-typed here, so an edit th
 either still matches (same math) or stops matching (slower, never different). Sizes
 stay symbolic in the fx graph, so the result can be traced or exported with dynamic
 batch and sequence dims. The fused kernels round differently from the op chains
-(~1e-7 on float32), well inside the 1e-5 tolerance, and tests check both.
+(~1e-7 on float32), well inside the 1e-5 tolerance, and tests check both. With the half ops
+(ops_torch.HalfTorchOps) the LayerNorm replacement first widens its input to float32, as the
+block it replaces does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def _patterns(eps_values: tuple[float, ...], ops) -> list[tuple[str, Callable, C
 
         def ln_replacement(x, w, b, eps=eps):
             return torch.nn.functional.layer_norm(x, w.shape, w, b, eps)
+
+        def ln_replacement_half(x, w, b, eps=eps):
+            # half ops (ops_torch.HalfTorchOps): LayerNorm's input may be half, its weights and
+            # statistics are float32, and the block it replaces returns float32
+            return torch.nn.functional.layer_norm(x.to(torch.float32), w.shape, w, b, eps)
+
+        if getattr(ops, "dtype", torch.float32) != torch.float32:
+            ln_replacement = ln_replacement_half
 
         out.append(("layer_norm", ln_pattern, ln_replacement))
 

@@ -242,16 +242,10 @@ def test_onnx_float16_every_head_against_the_float32_original(tmp_path, head, pl
 
 
 @requires("onnx")
-def test_onnx_bfloat16_and_torchscript_half_are_refused(tmp_path):
+def test_onnx_bfloat16_is_refused(tmp_path):
     with pytest.raises(SchemaError, match="bfloat16"):
         convert(spec.HF_SAFETENSORS / "pretraining", tmp_path / "a", "onnx", dtype="bfloat16")
     assert not (tmp_path / "a").exists()
-
-
-@requires("torch")
-def test_torchscript_half_is_refused(tmp_path):
-    with pytest.raises(SchemaError, match="float32"):
-        convert(spec.HF_SAFETENSORS / "pretraining", tmp_path / "a", "torchscript", dtype="float16")
 
 
 @requires("onnx")

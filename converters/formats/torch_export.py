@@ -6,7 +6,8 @@ sequence dims (and choices for multiple-choice), declared with ``torch.export.Di
 torch.export specializes any dim whose example size is 0 or 1, so the example inputs
 are 2 x 8 (x 2 choices) and the dims have ``min=1``; the export then runs batch 1 and a
 longer sequence to prove the program is not frozen. The sequence dim is bounded by
-max_position_embeddings (positions beyond it do not exist).
+max_position_embeddings (positions beyond it do not exist). ``--dtype float16|bfloat16``
+exports the half module (formats/torch_common.py); inputs stay int64, outputs float32.
 
 Load it anywhere with torch alone::
 

@@ -4,8 +4,9 @@
 what both torch artifacts share, including the export-time check at a second shape). Sizes
 are read from the inputs inside the graph, so the file accepts any batch size and sequence
 length up to max_position_embeddings. Parameters keep their canonical names
-(``state_dict()``), float32, dense kernels [out, in]; a tied MLM decoder is the
-word-embedding table itself (one storage in the file).
+(``state_dict()``), dense kernels [out, in], float32 -- or with ``--dtype float16|bfloat16``
+that dtype (LayerNorm's stay float32; formats/torch_common.py); a tied MLM decoder is the
+word-embedding table itself (one storage in the file). Inputs int64, outputs float32 either way.
 
 Load it anywhere with torch alone::
 
