@@ -22,6 +22,7 @@ from pathlib import Path
 
 from electra_bridge.schemas import MissingDependencyError, SchemaError
 
+from electra_bridge.runtimes.report import NO_DRIFT
 from electra_bridge.runtimes.verify import Diff, Report
 
 
@@ -62,8 +63,7 @@ def plot_series(series: Sequence[tuple[str, Sequence[Diff]]], path: str | Path, 
                               "out_of_tolerance": [d.name for d in stages if not d.ok]} for label, stages in series]}
     try:
         if not series:
-            ax.text(0.5, 0.5, "no per-layer drift: a side does not expose hidden states",
-                    ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no per-layer drift:\n{NO_DRIFT}", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
         else:
             values = [d.max_abs for _, stages in series for d in stages if 0 < d.max_abs < float("inf")]

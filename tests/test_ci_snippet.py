@@ -132,3 +132,15 @@ def test_snippet_on_the_unperturbed_export_exits_0(export):
     assert data["first_divergence"] is None and line["out_of_tolerance"] == []
     assert len(line["max_abs"]) == 4 and max(line["max_abs"]) < 1e-5
     assert all(red_pixels(pixels, x) == 0 for x in data["x_pixels"])
+
+
+def test_snippet_on_an_export_without_hidden_states_says_how_to_get_them(export):
+    """Without --hidden-states the outputs are compared and the report and the PNG name the option."""
+    proc = cli("convert", "old/", "outputs-only/", "--to", "onnx", cwd=export)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_snippet(export, export / "outputs-only" / "model.onnx")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "drift: not available" in proc.stdout and "--hidden-states" in proc.stdout
+    assert "--hidden-states" in (export / "report.md").read_text()
+    data, _ = png_data(export / "drift.png")
+    assert data["series"] == [] and data["stages"] == []

@@ -354,6 +354,7 @@ def test_hidden_states_export_gives_drift_for_every_head_and_graph_kind(head, ki
     names = [o.name for o in model.graph.output]
     assert names == [*get_head(head).output_names, *(f"hidden_states.{i}" for i in range(layers + 1))]
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.FLOAT}
+    assert onnx_format.inspect(tmp_path / "out")["hidden_states"] == layers + 1
     ckpt = read(spec.HF_SAFETENSORS / head)
     batch = probe_batch(ckpt.config, head, batch=2, seq=7, choices=3)
     got = OnnxRunner(tmp_path / "out").run(head, batch)
@@ -439,6 +440,7 @@ def test_inspect_counts_exactly_the_source_parameters(kind, tmp_path):
         model = onnx.load(str(out / "model.onnx"))
         assert info["dtype"] == {"float16": "float16", "int8": "int8"}.get(kind, "float32")
         assert info["num_parameters"] == ckpt.num_parameters, (head, kind)
+        assert info["hidden_states"] == 0                        # not exported without --hidden-states
         everything = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
         assert everything > info["num_parameters"]           # the graph does hold constants beside the weights
         assert not any(t["name"].startswith("/") or t["name"].endswith("_scale") for t in info["tensors"])

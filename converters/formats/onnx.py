@@ -341,6 +341,7 @@ def inspect(path: Path) -> dict:
         "inputs": {i.name: dims(i) for i in model.graph.input},
         "optional_inputs": [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}],
         "outputs": {o.name: dims(o) for o in model.graph.output},
+        "hidden_states": sum(o.name.startswith(HIDDEN_PREFIX) for o in model.graph.output),   # 0: not exported
         "operators": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "num_parameters": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in weights)),
         "external_data": external.name if external.exists() else None,
