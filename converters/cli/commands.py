@@ -8,16 +8,20 @@ they are raised (BridgeError, VerificationError) and rendered by ``cli.main`` in
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from electra_bridge.schemas import SchemaError
 
 from .. import api
+from ..engine import provenance
 from ..formats import get_format
 from . import catalog
 from .parser import format_options, opt_formats
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
+log = logging.getLogger("electra_bridge.cli")
 
 #: inspect's text output: the config keys that say which model this is
 CONFIG_KEYS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -89,6 +93,10 @@ def cmd_convert(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_verify(args: argparse.Namespace) -> Outcome:
+    if args.provenance:
+        return _check_provenance(args)
+    if args.b is None:
+        raise SchemaError("verify needs two models, A and B (or one output folder with --provenance)")
     options = read_options(args)
     sides = [api.detect_format(p) for p in (args.a, args.b)]
     declared = {o.dest for fmt in sides for o in get_format(fmt).options} | {"allow_nonfinite", "config"}
@@ -102,6 +110,16 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
                         plot=args.plot, read_options=options, min_agreement=args.min_agreement)
     notes = [f"wrote {kind} {path}" for kind, path in (("report", args.report), ("plot", args.plot)) if path]
     return Outcome(EXIT_OK if report.ok else EXIT_MISMATCH, [report.table()], report.to_dict(), notes)
+
+
+def _check_provenance(args: argparse.Namespace) -> Outcome:
+    if args.b is not None:
+        raise SchemaError("--provenance checks one output folder against its own record: give only A")
+    problems = provenance.check(Path(args.a))
+    count = len(provenance.load(Path(args.a))["files"])
+    lines = [f"{args.a}: " + (f"all {count} files as recorded" if not problems else
+                                f"{len(problems)} of the recorded files differ")] + [f"  {p}" for p in problems]
+    return Outcome(EXIT_MISMATCH if problems else EXIT_OK, lines, {"folder": str(args.a), "problems": problems})
 
 
 def cmd_inspect(args: argparse.Namespace) -> Outcome:
@@ -121,6 +139,24 @@ def cmd_inspect(args: argparse.Namespace) -> Outcome:
     return Outcome(EXIT_OK, lines, info)
 
 
+def cmd_batch(args: argparse.Namespace) -> Outcome:
+    from .. import batch
+
+    items = batch.load_plan(args.plan)
+    if args.ray is not None and args.jobs != 1:
+        raise SchemaError("--jobs is for local processes; with --ray the cluster decides how many run at once")
+
+    def done(outcome: batch.Outcome, k: int, n: int) -> None:
+        log.info("[%d/%d] %s: %s (%.1f s)%s", k, n, outcome.item.out, outcome.status, outcome.seconds,
+                 f": {outcome.detail}" if outcome.status in ("mismatch", "failed") else "")
+
+    outcomes = batch.run(items, jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None,
+                         on_done=done)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("converted", "skipped", "mismatch", "failed")}
+    return Outcome(batch.exit_code(outcomes), batch.table(outcomes),
+                   {"plan": str(args.plan), **counts, "items": [o.to_dict() for o in outcomes]})
+
+
 def cmd_formats(args: argparse.Namespace) -> Outcome:
     rows = catalog.rows()
     return Outcome(EXIT_OK, catalog.table(rows), {"formats": [r.to_dict() for r in rows],
@@ -136,5 +172,5 @@ def cmd_demo(args: argparse.Namespace) -> Outcome:
                    [f"wrote {', '.join(str(p) for p in result.files)}"])
 
 
-COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect, "formats": cmd_formats,
-            "demo": cmd_demo}
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "inspect": cmd_inspect, "batch": cmd_batch,
+            "formats": cmd_formats, "demo": cmd_demo}

@@ -168,7 +168,10 @@ def build_parser(version: str | None = None) -> argparse.ArgumentParser:
              "per-layer drift. Exit 0 when everything is within tolerance, 1 when not, 2 for unusable input. "
              "B is the reference for relative errors.", VERIFY_EPILOG)
     v.add_argument("a", help="model A (folder or file, any format)")
-    v.add_argument("b", help="model B, the reference (folder or file, any format)")
+    v.add_argument("b", nargs="?", help="model B, the reference (folder or file, any format)")
+    v.add_argument("--provenance", action="store_true",
+                   help="instead of comparing A with B: re-hash output folder A's files against its "
+                        "electra-bridge.json record (exit 1 naming each changed, missing or unrecorded file)")
     v.add_argument("--heads", nargs="+", choices=heads, help="heads to compare (default: all common heads)")
     _add_json(v, "the full report (per head, output and layer)")
     _add_report(v)
@@ -193,6 +196,22 @@ def build_parser(version: str | None = None) -> argparse.ArgumentParser:
     _add_nonfinite(i)
     _add_format_options(i, options, ("read",))
     _add_common(i)
+
+    b = _sub(sub, "batch", "run the verified conversions a plan lists, in parallel (local processes or Ray)",
+             "Read PLAN (YAML or JSON: items of src, out, to, head, dtype, verify, options, tokenizer, with "
+             "shared defaults) and convert every item, verified. One failing item never stops the others; the "
+             "summary says what failed and why. An item whose output records the same source digests and "
+             "options is skipped, so a rerun (or an interrupted run) does only the work left.",
+             "exit codes: 0 every item converted or skipped, 1 some item's output differs beyond tolerance, "
+             "2 some item was unusable.\n" + EPILOG.split("\n", 2)[2])
+    b.add_argument("plan", help="the plan file (.yaml/.yml or .json); relative paths in it are relative to its folder")
+    b.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="run N items at once in local processes (BLAS threads split between them; default 1)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each item as a task on a Ray cluster: ADDRESS (e.g. ray://head:10001 or auto), or "
+                        "without it a local Ray (needs the ray extra)")
+    _add_json(b, "every item's outcome")
+    _add_common(b)
 
     f = _sub(sub, "formats", "the formats, heads and runtimes this installation reads, writes and runs",
              "List every format (read, write, run; the heads it holds) and runtime, and whether this "

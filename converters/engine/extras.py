@@ -19,6 +19,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "tokenizers": ("tokenizers",),
     "plot": ("matplotlib",),
     "keras": ("keras",),
+    "ray": ("ray",),
 }
 
 
