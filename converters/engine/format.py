@@ -70,8 +70,10 @@ class Codec(Protocol):
     def list(self, weights: Path) -> dict[str, NativeTensor]:
         """Every native tensor of one file (not an index), lazily; raises FormatError on corruption."""
 
-    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint) -> list[Path]:
-        """Write ``tensors`` (native names, shapes, layout) into folder ``out``, loading one at a time."""
+    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint, **options) -> list[Path]:
+        """Write ``tensors`` (native names, shapes, layout) into folder ``out``, loading one at a time.
+
+        ``options`` are the write options the format declares that were given (``max_shard_size``)."""
 
 
 def find_weights(path: Path, names: Sequence[str], suffixes: Sequence[str]) -> Path | None:

@@ -6,7 +6,8 @@ read:  locate the weights -> list native tensors (shard indexes resolved once, c
        prefix stripped -> ties checked and dropped -> rules bound -> strict accounting ->
        lazy canonical tensors -> validated ``Checkpoint`` (narrowed to ``head`` if asked).
 write: writability checks -> rules bound -> prefixes added -> native tensors in the
-       native layout, each loaded only when the codec writes it -> config.json + assets.
+       native layout, each loaded only when the codec writes it (write options, e.g.
+       ``max_shard_size``, go to the codec) -> config.json + assets.
 
 dtype contract: codecs report the stored dtype (``ml_dtypes.bfloat16`` for bf16). The
 canonical checkpoint keeps it (float32, float16 or bfloat16; byte order made native), and
@@ -288,7 +289,8 @@ def write(fmt: CheckpointFormat, ckpt: Checkpoint, out: Path, **options) -> list
     check_options(fmt, "write", options)
     fmt.check_writable(ckpt)
     check_head(fmt, ckpt)
-    paths = fmt.codec.write(out, native_tensors(fmt, ckpt), ckpt)
+    # only the options given: a codec that declares none keeps the three-argument write
+    paths = fmt.codec.write(out, native_tensors(fmt, ckpt), ckpt, **{k: v for k, v in options.items() if v is not None})
     if not fmt.writes_hf_files:
         return paths
     return [*paths, *write_config_and_assets(ckpt, out, fmt.write_config(ckpt.hf_config))]

@@ -13,9 +13,12 @@ embedding variables again in the ``generator_lm_head`` group (ALIASES): they mus
 originals and are dropped.
 
 Sharded checkpoints (``tf_model.h5.index.json`` + ``tf_model-0000i-of-0000n.h5``, from
-``save_pretrained(max_shard_size=...)``) are read too; the index keys carry the scope, the
-shards store each variable once at its native name. The writer always writes one file, as
-transformers does below its 5 GB default.
+``save_pretrained(max_shard_size=...)``) are read and written; the index keys carry the scope,
+the shards store each variable once at its native name (``model.weights`` is deduplicated, so
+the MLM head's repeated embeddings are not stored again). ``--max-shard-size`` defaults to
+5GB, the default of ``TFPreTrainedModel.save_pretrained``'s signature in transformers 4.57 (its
+docstring says 10GB); the split is ``tf_shard_checkpoint``'s over ``model.weights`` order
+(engine/shards.py), so names and index equal transformers'.
 
 Layout: dense kernels are stored ``[in, out]`` (transposed to canonical ``[out, in]``);
 embedding tables ``[rows, width]`` and LayerNorm ``gamma``/``beta`` as they are. dtype:
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "tf_model.h5"
 SHARD_INDEX = "tf_model.h5.index.json"
+#: TFPreTrainedModel.save_pretrained's max_shard_size default (transformers 4.57's signature)
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 #: head -> (transformers TF class, the Keras instance scope that class gets in a fresh process)
 TF_MODELS: dict[str, tuple[str, str]] = {
@@ -155,20 +160,30 @@ class H5Codec:
         _check_aliases(weights, found)
         return found
 
-    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint) -> list[Path]:
+    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint,
+              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[Path]:
         """Groups, attributes, dataset paths and the MLM head's repeated embedding variables as
         save_pretrained writes them, so ``TFElectraFor<Head>.from_pretrained(out)`` reports no
-        missing or unexpected weights."""
-        ordered = _keras_order(tensors)
-        layers = list(dict.fromkeys(t.name.split("/", 1)[0] for t in ordered))
-        members = {layer: [t for t in ordered if t.name.split("/", 1)[0] == layer] for layer in layers}
-        for alias in ALIASES:
-            if alias.group in members:
-                members[alias.group] += [t for t in ordered if t.name.startswith(alias.prefix)]
+        missing or unexpected weights; above ``max_shard_size``, its shards and index."""
         scope = TF_MODELS[ckpt.head][1]
-        h5_keras.write(out / WEIGHTS, layers,
-                       {layer: [(f"{scope}/{t.name}", t) for t in group] for layer, group in members.items()})
-        return [out / WEIGHTS]
+        weights = shards.model_order(tensors, lambda name: name.startswith("electra/"), _LAYER_INDEX)
+        return shards.write_sharded(out, WEIGHTS, SHARD_INDEX, weights, shards.parse_size(max_shard_size),
+                                    shards.LEGACY, lambda path, group: _write_file(path, group, scope),
+                                    index_key=lambda name: f"{scope}/{name}")
+
+
+def _write_file(path: Path, tensors: Sequence[NativeTensor], scope: str) -> None:
+    """``tf_model.h5`` in save_weights' layout (the whole model), or one shard in the flat layout."""
+    if path.name != WEIGHTS:
+        h5_keras.write_shard(path, tensors)
+        return
+    ordered = _keras_order(tensors)
+    layers = list(dict.fromkeys(t.name.split("/", 1)[0] for t in ordered))
+    members = {layer: [t for t in ordered if t.name.split("/", 1)[0] == layer] for layer in layers}
+    for alias in ALIASES:
+        if alias.group in members:
+            members[alias.group] += [t for t in ordered if t.name.startswith(alias.prefix)]
+    h5_keras.write(path, layers, {layer: [(f"{scope}/{t.name}", t) for t in group] for layer, group in members.items()})
 
 
 def keras_scope(weights: Path) -> str:
@@ -235,6 +250,7 @@ FORMAT = CheckpointFormat(
     rules=RULES,
     ignored=IGNORED,
     heads=tuple(TF_MODELS),
+    options=(shards.MAX_SHARD_SIZE,),
     index_name=SHARD_INDEX,
     index_key=lambda key: key.partition("/")[2],  # drop the Keras instance scope
     plan=plan,

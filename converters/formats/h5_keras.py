@@ -11,7 +11,7 @@ A single file (``model.save_weights("x.h5")``, what ``TFElectraFor<Head>.save_pr
 * an empty ``top_level_model_weights`` group.
 
 A shard of ``save_pretrained(max_shard_size=...)`` is flatter: root ``layer_names`` lists
-variable paths (no scope) and each variable is the dataset at that path.
+variable paths (no scope) and each variable is the dataset at that path (``write_shard``).
 
 Keras stores string lists as variable-length utf-8 attributes and splits one whose
 fixed-width numpy array would exceed the HDF5 object header (64512 bytes) into ``name0``,
@@ -229,3 +229,33 @@ def write(path: Path, layers: Sequence[str], groups: Mapping[str, Sequence[tuple
             for name, tensor in groups[layer]:
                 group.create_dataset(name, data=tensor.load())
         save_attribute(f.create_group(TOP_LEVEL_GROUP), "weight_names", [])
+
+
+def _save_transformers_attribute(obj, name: str, values: list[bytes]) -> None:
+    """transformers' own ``tf_utils.save_attributes_to_hdf5_group`` (what its sharded save calls): the
+    list itself when its fixed-width array fits the object header, else ``name0``, ``name1``, ... arrays."""
+    data = np.asarray(values)
+    chunks = 1
+    while any(part.nbytes > HDF5_OBJECT_HEADER_LIMIT for part in np.array_split(data, chunks)):
+        chunks += 1
+    if chunks == 1:
+        obj.attrs[name] = values
+        return
+    for i, part in enumerate(np.array_split(data, chunks)):
+        obj.attrs[f"{name}{i}"] = part
+
+
+def write_shard(path: Path, tensors: Sequence[NativeTensor]) -> None:
+    """One shard as ``TFPreTrainedModel.save_pretrained(max_shard_size=...)`` writes it: each variable the
+    dataset at its path (the weight name without the instance scope), created in name order and filled
+    from its tensor (loaded only then), and the root ``layer_names`` listing those paths -- no groups'
+    ``weight_names``, no ``backend`` or ``keras_version``. An empty shard (transformers' split can
+    make one) lists nothing."""
+    import h5py
+
+    ordered = sorted(tensors, key=lambda t: t.name)
+    with h5py.File(path, "w") as f:
+        for tensor in ordered:
+            arr = np.asarray(tensor.load())
+            f.create_dataset(tensor.name, arr.shape, dtype=arr.dtype)[...] = arr
+        _save_transformers_attribute(f, "layer_names", [t.name.encode("utf8") for t in ordered])

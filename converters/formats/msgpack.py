@@ -3,7 +3,11 @@
 File format: flax.serialization's msgpack (converters/formats/msgpack_flax.py), one map
 nested by module path with **no** ``params`` wrapper; transformers' ``save_pretrained``
 writes it with ``flax.serialization.to_bytes(params)``. Sharded saves add
-``flax_model.msgpack.index.json`` whose ``weight_map`` keys are ``/``-joined paths.
+``flax_model.msgpack.index.json`` whose ``weight_map`` keys are ``/``-joined paths; they are
+read, and written above ``--max-shard-size`` (default 10GB, as ``FlaxPreTrainedModel.save_pretrained``)
+with ``flax_shard_checkpoint``'s split (engine/shards.py) over the params in the order a model
+loaded from a msgpack file holds them: keys sorted at every level (a freshly initialised Flax
+model holds them in creation order and may split elsewhere).
 
 Native names are those paths joined with ``/``: the PyTorch module path with ``/`` for
 ``.``. Head models put the backbone under ``electra/``; FlaxElectraModel has no prefix.
@@ -34,6 +38,7 @@ import numpy as np
 
 from electra_bridge.schemas import ROWS, Checkpoint, ElectraConfig, SchemaError
 
+from ..engine import shards
 from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import IDENTITY, TRANSPOSE, Ignored, Leaves, module_rules
 from . import msgpack_flax
@@ -41,6 +46,8 @@ from . import msgpack_flax
 log = logging.getLogger(__name__)
 
 WEIGHTS, INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
+#: FlaxPreTrainedModel.save_pretrained's max_shard_size default (transformers 4.57)
+DEFAULT_MAX_SHARD_SIZE = "10GB"
 SEP = msgpack_flax.SEP
 TRAIN_STATE = "params" + SEP
 #: flax stores any of these (bfloat16 by its name, as jax's ml_dtypes type)
@@ -112,17 +119,25 @@ class MsgpackCodec:
         arrays = _unwrap_train_state(msgpack_flax.read_file(weights), weights)
         return {name: NativeTensor(name, arr.shape, arr.dtype, lambda arr=arr: arr) for name, arr in arrays.items()}
 
-    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint) -> list[Path]:
-        """``flax_model.msgpack`` byte-identical to FlaxElectra*.save_pretrained's (keys sorted at every level).
+    def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint,
+              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[Path]:
+        """``flax_model.msgpack`` (or its shards and index) byte-identical to FlaxElectra*.save_pretrained's
+        (keys sorted at every level).
 
         A tied generator gets no ``generator_lm_head/kernel``; an untied one gets it [E, V]."""
         odd = [f"{t.name} is {t.dtype}" for t in tensors if t.dtype not in WRITABLE_DTYPES]
         if odd:
             raise SchemaError(f"{', '.join(odd)}; flax_model.msgpack is written as float32, float16 or bfloat16")
-        with open(out / WEIGHTS, "wb") as fh:
-            msgpack_flax.write(fh, {t.name: t for t in tensors}, lambda t: t.load())
-        return [out / WEIGHTS]
+        ordered = sorted(tensors, key=lambda t: t.name.split(SEP))   # flatten_dict of a sorted tree
+        return shards.write_sharded(out, WEIGHTS, INDEX, ordered, shards.parse_size(max_shard_size), shards.LEGACY,
+                                    _write_file)
+
+
+def _write_file(path: Path, tensors: Sequence[NativeTensor]) -> None:
+    with open(path, "wb") as fh:
+        msgpack_flax.write(fh, {t.name: t for t in tensors}, lambda t: t.load())
 
 
 FORMAT = CheckpointFormat(name="msgpack", codec=MsgpackCodec(), rules=RULES, ignored=IGNORED, head_prefix="electra/",
-                          index_name=INDEX, read_config=warn_divergences, check_writable=refuse_divergences)
+                          options=(shards.MAX_SHARD_SIZE,), index_name=INDEX, read_config=warn_divergences,
+                          check_writable=refuse_divergences)

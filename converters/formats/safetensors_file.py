@@ -357,6 +357,9 @@ def write(path: str | Path, tensors: Iterable[NativeTensor], metadata: Mapping[s
     """
     items = sorted(tensors, key=lambda t: _check_text(t.name, "tensor name"))
     header: dict[str, object] = {}
+    if metadata:   # first, as the library writes it: the header bytes equal safetensors.save_file's
+        header["__metadata__"] = {_check_text(k, "metadata key"): _check_text(v, "metadata value")
+                                  for k, v in metadata.items()}
     offset = 0
     for t in items:
         dtype = np.dtype(t.dtype).newbyteorder("=")
@@ -371,9 +374,6 @@ def write(path: str | Path, tensors: Iterable[NativeTensor], metadata: Mapping[s
         header[t.name] = {"dtype": _NAMES[dtype], "shape": [int(d) for d in t.shape],
                           "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    if metadata:
-        header["__metadata__"] = {_check_text(k, "metadata key"): _check_text(v, "metadata value")
-                                  for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes
     with open(path, "wb") as fh:
