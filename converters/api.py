@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from electra_bridge.runtimes import CheckpointRunner, Report, Runner, compare
+from electra_bridge.runtimes.runner import PrecomputedRunner, Retained
 from electra_bridge.runtimes.verify import REPORT_FORMATS
 from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
@@ -204,19 +206,30 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     out = Path(out)
     reports: list[Report] = []
     n = len(ckpt.tensors)
-    # units: each tensor written, each tensor loaded by the source runner, two runs per compared head
-    with progress.Progress(n + (n + 2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
-        tracked = progress.track_tensors(ckpt, bar)
+    # units: each tensor read (once: verified, the writer's arrays are kept for the source run), a run per head and side
+    with progress.Progress(n + (2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
+        retained = Retained(progress.track_tensors(ckpt, bar), keep=verify)
+        source_ckpt = retained.ckpt
 
         def check(tmp: Path) -> Report:
+            started = time.perf_counter()
             bar.describe(f"verifying {to}")
-            source = progress.TrackedRunner(CheckpointRunner(tracked, runtime, name=str(src)), bar, "source")
-            target = get_format(to)
-            written = (target.verify_runner(tmp) if isinstance(target, CheckpointFormat) and target.verify_runner else
-                       open_runner(tmp, to, **{k: True for k in ("allow_nonfinite",) if read_options.get(k)}))
-            written.name = str(out)
-            result = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
-                             min_agreement=min_agreement)
+            try:
+                source = PrecomputedRunner.on_probe_batches(   # now, on the arrays the writer just read
+                    progress.TrackedRunner(CheckpointRunner(source_ckpt, runtime, name=str(src)), bar, "source"),
+                    reduced=dtype not in (None, "float32") or bool((write_options or {}).get("quantize")))
+                if "float16" not in (dtype, source.dtype):   # the float16 audit re-runs the source: keep them then
+                    retained.drop()
+                target = get_format(to)
+                written = (target.verify_runner(tmp) if isinstance(target, CheckpointFormat) and target.verify_runner
+                           else open_runner(tmp, to, runtime=runtime,
+                                            **{k: True for k in ("allow_nonfinite",) if read_options.get(k)}))
+                written.name = str(out)
+                result = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
+                                 min_agreement=min_agreement)
+            finally:
+                retained.drop()
+            result.seconds = time.perf_counter() - started
             reports.append(result)
             write_report(result, report, plot)
             if not result.ok:
@@ -225,7 +238,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
                 raise VerificationError(f"{out} does not match {src}" + (f": {why}" if why else ""), result)
             return result
 
-        written_ckpt = pipeline.cast(tracked, dtype)
+        written_ckpt = pipeline.cast(source_ckpt, dtype)
         _write_verified(written_ckpt, out, to, force=force, check=check if verify else None,
                         options=dict(write_options or {}),
                         card=lambda result: model_card.files(
@@ -285,6 +298,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     when its format declares them. ``min_agreement`` fails the report when a head's prediction
     agreement is below it.
     """
+    started = time.perf_counter()
     if sum(x is not None for x in (batch_for, text, inputs)) > 1:
         raise SchemaError("give at most one of text, inputs and batch_for")
     if text_pair is not None and text is None:
@@ -314,7 +328,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]
         result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for,
                          min_agreement=min_agreement)
-    result.source = source
+    result.source, result.seconds = source, time.perf_counter() - started
     write_report(result, report, plot)
     return result
 

@@ -137,6 +137,8 @@ class Report:
     source: str = "probe batch (seed 0)"
     #: the agreement gate (``--min-agreement``), or None
     min_agreement: float | None = None
+    #: wall seconds the verification took (both sides' loads and runs and the comparison), set by its caller
+    seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -177,7 +179,8 @@ class Report:
     def to_dict(self) -> dict:
         """The JSON report. Top level: a, b, ok, atol, rtol, first_divergence, source, inputs (name ->
         shape), min_agreement (the gate or null), problem (why it fails beyond tolerance: a float16
-        overflow or a low agreement, else null), heads. Per head: ok, first_divergence, outputs and
+        overflow or a low agreement, else null), seconds (the verification's wall time, or null), heads.
+        Per head: ok, first_divergence, outputs and
         hidden_state_drift (name -> shape, max_abs, max_rel, worst_index, ok), agreement (output ->
         kind "top-1" | "replaced-token" | "start" | "end", agree, total, fraction, disagree (positions,
         at most MAX_LISTED), disagree_count; {} for base), and when a side is float16
@@ -200,6 +203,7 @@ class Report:
             },
             "min_agreement": self.min_agreement,
             "problem": self.problem(),
+            "seconds": self.seconds,
         }
 
     def to_json(self) -> str:
@@ -246,6 +250,8 @@ class Report:
             lines.append(self.problem())
         lines.append(f"inputs: {self.source}")
         lines.append(f"tolerance: |a-b| <= {self.atol:g} + {self.rtol:g}*|b|  ->  {'EQUAL' if self.ok else 'NOT EQUAL'}")
+        if self.seconds is not None:
+            lines.append(f"verified in {self.seconds:.2f} s")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -287,7 +293,8 @@ class Report:
         first += [f"- agreement gate: >= {self.min_agreement:g}"] if self.min_agreement is not None else []
         return "\n".join([f"# verify: {verdict}", "", f"- A: `{self.a}`", f"- B: `{self.b}`",
                           f"- inputs: {self.source}", f"- tolerance: |a-b| <= {self.atol:g} + {self.rtol:g}*|b|",
-                          *first, "", "## Outputs", "", *rows, *agreement, *audit, *drift, ""])
+                          *first, *([f"- verified in {self.seconds:.2f} s"] if self.seconds is not None else []),
+                          "", "## Outputs", "", *rows, *agreement, *audit, *drift, ""])
 
     def write(self, path) -> None:
         """Write the report as JSON (``.json``) or Markdown (``.md``), chosen by the extension."""

@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from electra_bridge.schemas import Checkpoint, ElectraConfig, MissingDependencyError, SchemaError, runnable_heads
+from electra_bridge.schemas import (
+    Checkpoint, ElectraConfig, LazyTensor, MissingDependencyError, SchemaError, get_head, materialize, runnable_heads,
+)
 
 from .forward import Result, forward
 
@@ -86,6 +88,8 @@ class CheckpointRunner:
         self.name = name or ckpt.provenance.get("path", "checkpoint")
         self._params: dict | None = None
         self._compiled: dict[str, object] = {}
+        #: (batch, own head's Result) of the last run that computed the encoder for ``base`` too
+        self._shared: tuple[dict[str, np.ndarray], Result] | None = None
 
     def _parameters(self) -> dict:
         if self._params is None:  # materialized on first run, one tensor at a time
@@ -93,8 +97,9 @@ class CheckpointRunner:
         return self._params
 
     def release(self) -> None:
-        """Drop the framework copy of the weights (re-read on the next run)."""
+        """Drop the framework copy of the weights (re-read on the next run) and the shared run."""
         self._params = None
+        self._shared = None
 
     def _fn(self, head: str):
         if head not in self._compiled:
@@ -107,10 +112,119 @@ class CheckpointRunner:
             self._compiled[head] = ops.compile(run)
         return self._compiled[head]
 
+    def _shares_encoder(self) -> bool:
+        """Whether ``base`` and the own head run the very same encoder on the same batch: the own head
+        is neither causal (causal-lm masks the future; base does not) nor multiple-choice (it flattens
+        [B, K, S]). Then one forward pass yields both results (``base`` is its last hidden state)."""
+        own = get_head(self.ckpt.head)
+        return own.name != "base" and not own.causal and not own.choices
+
     def run(self, head: str, batch: dict[str, np.ndarray]) -> Result:
+        """``head``'s outputs and hidden states on ``batch`` (int arrays [B, S] or [B, K, S]; numpy out).
+
+        ``base`` and the own head share one encoder pass when ``_shares_encoder``: the first of the two
+        on a batch runs the own head (its hidden states are base's) and the second, on an equal batch,
+        takes that result, as verify's pair of runs does. Both are what a run of their own returns:
+        forward.py's ``base`` output is exactly the encoder's last hidden state."""
         if head not in self.heads:
             raise SchemaError(f"{self.name} has head {self.ckpt.head!r}; it can run {', '.join(self.heads)}, not {head!r}")
+        if head in ("base", self.ckpt.head) and self._shares_encoder():
+            if self._shared is None or not _same_batch(self._shared[0], batch):
+                self._shared = ({k: np.array(v, copy=True) for k, v in batch.items()},
+                                self._run(self.ckpt.head, batch))
+            own = self._shared[1]
+            return own if head == self.ckpt.head else Result({"last_hidden_state": own.hidden_states[-1]},
+                                                             own.hidden_states)
+        return self._run(head, batch)
+
+    def _run(self, head: str, batch: dict[str, np.ndarray]) -> Result:
         inputs = {k: self.ops.inputs(v) for k, v in batch.items()}
         outputs, states = self._fn(head)(self._parameters(), inputs)
         to_np = self.ops.to_numpy
         return Result({k: to_np(v) for k, v in outputs.items()}, tuple(to_np(s) for s in states))
+
+
+def _same_batch(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) and np.array_equal(a[k], b[k]) for k in a)
+
+
+class Retained:
+    """``ckpt`` whose tensors stay in memory once loaded, so one read serves the writer and the check.
+
+    ``retained.ckpt`` hands out each tensor as a C-contiguous array in its stored dtype (what a
+    writer streams and ``ops.param`` takes without a copy), loading it from the source on first
+    use and keeping it until ``drop()``; afterwards a load reads the source again (correct, slow).
+    Peak memory is one copy of the checkpoint's tensors. Callers must not write into the arrays:
+    the writer and the runner share them."""
+
+    def __init__(self, ckpt: Checkpoint, keep: bool = True):
+        self._arrays: dict[str, np.ndarray] = {}
+        self._kept = keep   # False: a pass-through (nothing is kept)
+        self.ckpt = ckpt.with_(tensors={n: LazyTensor(tuple(t.shape), np.dtype(t.dtype),
+                                                      lambda n=n, t=t: self._load(n, t))
+                                        for n, t in ckpt.tensors.items()})
+
+    def _load(self, name: str, tensor) -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = np.ascontiguousarray(materialize(tensor))
+            if self._kept:
+                self._arrays[name] = arr
+        return arr
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def drop(self) -> None:
+        """Forget every kept array (the memory goes once no runner holds them)."""
+        self._arrays.clear()
+        self._kept = False
+
+
+class PrecomputedRunner:
+    """A runner whose results on given batches were computed up front, its weights then released.
+
+    ``PrecomputedRunner(inner, batches)`` runs ``inner`` on every batch of ``batches`` (head -> list of
+    inputs) at once and calls ``inner.release()``; ``run(head, batch)`` returns the result of an
+    array-equal batch, and otherwise runs ``inner`` again. convert uses it for the source side: it is
+    run while the writer's arrays are still in memory, before the written side loads its own copy.
+    The Runner fields (and ``ckpt``, when ``inner`` has one) read through to ``inner``."""
+
+    def __init__(self, inner: Runner, batches: dict[str, list[dict[str, np.ndarray]]]):
+        self.inner = inner
+        self._results = {head: [({k: np.array(v, copy=True) for k, v in b.items()}, inner.run(head, b)) for b in bs]
+                         for head, bs in batches.items()}
+        inner.release()
+
+    @classmethod
+    def on_probe_batches(cls, inner: Runner, reduced: bool = False) -> "PrecomputedRunner":
+        """``inner`` run on the batches compare feeds a pair of its config: the standard probe batch of
+        each head and, when a side is reduced precision (``reduced``, or ``inner``'s own dtype), the
+        precision batch where probe.py has one. A side of another config gets other batches: ``inner``
+        then runs again."""
+        from . import probe
+
+        precision = getattr(probe, "precision_batch", None)
+        extra = precision is not None and (reduced or inner.dtype in getattr(probe, "PRECISION_DTYPES", ()))
+        return cls(inner, {head: [probe.probe_batch(inner.config, head)]
+                           + ([precision(inner.config, head)] if extra else []) for head in inner.heads})
+
+    name = property(lambda self: self.inner.name)
+    runtime = property(lambda self: self.inner.runtime)
+    dtype = property(lambda self: self.inner.dtype)
+    config = property(lambda self: self.inner.config)
+    heads = property(lambda self: self.inner.heads)
+
+    @property
+    def ckpt(self) -> Checkpoint:
+        return self.inner.ckpt   # AttributeError for an artifact runner, as verify expects
+
+    def run(self, head: str, batch: dict[str, np.ndarray]) -> Result:
+        for given, result in self._results.get(head, ()):
+            if _same_batch(given, batch):
+                return result
+        return self.inner.run(head, batch)
+
+    def release(self) -> None:
+        self.inner.release()
