@@ -445,6 +445,10 @@ def test_inspect_counts_exactly_the_source_parameters(kind, tmp_path):
         assert everything > info["num_parameters"]           # the graph does hold constants beside the weights
         assert not any(t["name"].startswith("/") or t["name"].endswith("_scale") for t in info["tensors"])
     assert info["optional_inputs"] == []                      # question-answering: every input required
+    # as a user sees it: `electra-bridge inspect model.onnx` and `inspect SRC` print the same count
+    onnx_count = json.loads(run_cli("inspect", tmp_path / head / "model.onnx", "--json").stdout)["num_parameters"]
+    source_count = json.loads(run_cli("inspect", spec.HF_SAFETENSORS / head, "--json").stdout)["num_parameters"]
+    assert onnx_count == source_count == read(spec.HF_SAFETENSORS / head).num_parameters
     assert onnx_format.inspect(tmp_path / "causal-lm")["optional_inputs"] == ["token_type_ids"]
 
 
