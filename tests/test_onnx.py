@@ -281,6 +281,22 @@ def test_opset_range_is_checked_by_the_api_too(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_newest_opset_is_what_this_onnx_runtime_loads(tmp_path, monkeypatch):
+    """The top of the range is probed: ONNX Runtime loads it and refuses the next one (or it is MAX_OPSET);
+    an older runtime (simulated: one that stops at 21) lowers the range and the message says why."""
+    top = onnx_format.newest_opset()
+    assert onnx_format._runtime_loads(top) and not onnx_format._runtime_loads(99)
+    assert top == onnx_format.MAX_OPSET or not onnx_format._runtime_loads(top + 1)
+    onnx_format.newest_opset.cache_clear()
+    monkeypatch.setattr(onnx_format, "_runtime_loads", lambda opset: opset <= 21)
+    try:
+        assert onnx_format.newest_opset() == 21
+        with pytest.raises(SchemaError, match=r"--opset 22: .* opsets 15\.\.21 \(this install's onnx/onnxruntime stop at 21\)"):
+            export(onnx_format.FORMAT, read(spec.HF_SAFETENSORS / "base"), tmp_path, opset=22, plain=True)
+    finally:
+        onnx_format.newest_opset.cache_clear()
+
+
 @pytest.mark.parametrize("head", ["sequence-classification", "causal-lm"])
 def test_fully_padded_rows_match_the_reference(head, exported):
     """Attention fills masked scores with finfo(float32).min like forward.py (ORT's default is

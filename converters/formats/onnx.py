@@ -43,6 +43,7 @@ refused (no bfloat16 graph is written: ONNX Runtime's CPU provider lacks the ker
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from collections import Counter
 from pathlib import Path
@@ -65,7 +66,7 @@ DATA_FILE = MODEL_FILE + ".data"
 DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
 #: the newest opset exported, run by ONNX Runtime and verified (tests/test_onnx.py ``test_opsets``
 #: exports and verifies MIN_OPSET..MAX_OPSET with onnx 1.23 and onnxruntime 1.32); an older onnx
-#: package lowers it to the newest opset that package knows
+#: or onnxruntime lowers it to what they know (``newest_opset``)
 MAX_OPSET = 28
 #: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -76,13 +77,42 @@ DEFAULTED_INPUTS = {"causal-lm": ("token_type_ids",)}
 #: symbolic shape letters of schemas/heads.py -> dynamic axis names (Optimum's spelling)
 AXES = {"B": "batch_size", "S": "sequence_length", "K": "num_choices"}
 
+def _runtime_loads(opset: int) -> bool:
+    """Whether the installed ONNX Runtime loads a model of ``opset`` (a one-node probe, a few ms;
+    ONNX Runtime refuses opsets newer than it knows at load). True when it is not installed."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return True
+    from electra_bridge.runtimes.ops_onnx import IR_VERSION
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    probe.ir_version = IR_VERSION
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 -- ONNX Runtime raises its own Fail/InvalidGraph types
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
 def newest_opset() -> int:
-    """MAX_OPSET, or the installed onnx package's newest opset when that is older."""
+    """MAX_OPSET, lowered to the newest opset the installed onnx package knows and the installed
+    ONNX Runtime loads (so an out-of-range --opset is refused before export, not by ONNX Runtime
+    while verifying)."""
     try:
         import onnx
     except ImportError:
         return MAX_OPSET
-    return min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    top = min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    while top > MIN_OPSET and not _runtime_loads(top):
+        top -= 1
+    return top
 
 
 def check_opset(opset: int, plain: bool) -> int:
@@ -91,6 +121,7 @@ def check_opset(opset: int, plain: bool) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
         hint = (f"; opsets {MIN_OPSET}..{MIN_FUSED_OPSET - 1} need --plain (the optimized graph uses "
                 f"LayerNormalization, opset {MIN_FUSED_OPSET})" if not plain and MIN_OPSET <= opset < low else "")
+        hint += "" if high == MAX_OPSET else f" (this install's onnx/onnxruntime stop at {high})"
         raise SchemaError(f"--opset {opset}: the {'plain' if plain else 'optimized'} ONNX graph is exported for "
                           f"opsets {low}..{high}{hint}")
     return opset
