@@ -25,11 +25,6 @@ from electra_bridge.schemas import FormatError
 
 REPO_ID = "google/electra-bridge-tiny"
 LFS_SUFFIXES = (".safetensors", ".h5", ".msgpack", ".bin")
-#: shards.weight_map refuses a shard whose real location's parent is not the index's folder, and a
-#: cache shard is a symlink into blobs/; it must check files.within(path, folder) instead
-NEEDS_SHARDS = pytest.mark.xfail(strict=True, raises=FormatError,
-                                 reason="shards.weight_map must check files.within(path, folder)")
-
 
 def etag(name: str, data: bytes) -> str:
     """What the hub names a blob: sha256 of an LFS file, else the git blob sha1 (``blob <len>\\0`` + bytes)."""
@@ -73,11 +68,6 @@ SOURCES = {
     "h5-sharded": lambda tmp: FIXTURES / "hf-h5-sharded" / "masked-lm",
     "safetensors-sharded": sharded_safetensors,
 }
-SHARDED = {"h5-sharded", "safetensors-sharded"}
-
-
-def cases(*, sharded_mark=NEEDS_SHARDS):
-    return [pytest.param(name, marks=sharded_mark) if name in SHARDED else name for name in SOURCES]
 
 
 # ---- the layout is the hub's ------------------------------------------------------------------------
@@ -122,7 +112,7 @@ def test_revision_by_ref_name_and_commit_prefix(tmp_path):
 
 # ---- reading: the snapshot folder, and the repo folder through resolve -----------------------------
 
-@pytest.mark.parametrize("kind", cases())
+@pytest.mark.parametrize("kind", list(SOURCES))
 def test_snapshot_reads_like_the_plain_folder(tmp_path, kind):
     source = SOURCES[kind](tmp_path)
     repo, snap = make_cache(tmp_path / "hub", source)
@@ -132,7 +122,7 @@ def test_snapshot_reads_like_the_plain_folder(tmp_path, kind):
     assert read(snap).assets == want.assets
 
 
-@pytest.mark.parametrize("kind", cases(sharded_mark=NEEDS_SHARDS))
+@pytest.mark.parametrize("kind", list(SOURCES))
 def test_repo_folder_reads_directly(tmp_path, kind):
     source = SOURCES[kind](tmp_path)
     repo, _ = make_cache(tmp_path / "hub", source)

@@ -32,7 +32,7 @@ import numpy as np
 
 from electra_bridge.schemas import FormatError, SchemaError
 
-from .files import confined, read_small
+from .files import confined, read_small, within
 from .format import NativeTensor
 from .options import Option
 
@@ -66,7 +66,7 @@ def weight_map(index: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for key, shard in mapping.items():
         path = index.parent / shard
-        if Path(shard).name != shard or path.resolve().parent != folder:
+        if Path(shard).name != shard or not within(path, folder):
             raise FormatError(f"{index}: shard {shard!r} is not a file name inside {index.parent}; "
                               "electra-bridge reads only files inside the checkpoint's folder")
         out[key] = path
