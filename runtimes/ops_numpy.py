@@ -1,6 +1,20 @@
-"""numpy ops for runtimes/forward.py: the float32 reference runtime (no framework needed)."""
+"""numpy ops for runtimes/forward.py: the float32 reference runtime (no framework needed).
+
+Threads: a run of at most ``SMALL_RUN_TOKENS`` tokens (the probe batch has 33) computes with one
+BLAS thread. Its GEMMs are thin ([tokens, in] x [in, out]) and short, so a second OpenBLAS thread
+saves little on a quiet machine and, on a shared one, costs a lot: OpenBLAS threads spin-wait for
+each other, and a waiter whose core another process holds stalls every GEMM (measured at
+electra-base, probe batch, 2 cores under load ~5: 2.1-4.7 s with 2 threads, 0.20 s with one).
+Larger runs keep the library's thread count; an explicit OPENBLAS_NUM_THREADS / OMP_NUM_THREADS
+is always left alone (the user chose it).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.special import erf as _erf
@@ -43,6 +57,14 @@ class NumpyOps(BaseOps):
     def shape(self, x):
         return x.shape
 
+    def compile(self, fn):
+        """``fn`` run with one BLAS thread when its batch is small (see the module docstring)."""
+        def run(params, batch):
+            tokens = int(np.size(batch["input_ids"]))
+            with blas_threads(1 if tokens <= SMALL_RUN_TOKENS else None):
+                return fn(params, batch)
+        return run
+
     def take(self, table, ids):
         return np.take(table, ids, axis=0)
 
@@ -69,6 +91,57 @@ class NumpyOps(BaseOps):
 
     def float_min(self):
         return float(np.finfo(self.dtype).min)
+
+
+#: runs of at most this many tokens (batch x sequence) use one BLAS thread
+SMALL_RUN_TOKENS = 256
+_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+        "openblas_set_num_threads")
+_blas_api: list | None = None
+
+
+def _openblas() -> tuple | None:
+    """(set, get) of the OpenBLAS numpy loaded, found in /proc/self/maps; None elsewhere (MKL, macOS)."""
+    global _blas_api
+    if _blas_api is None:
+        _blas_api = [None]
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+                paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
+        except OSError:
+            paths = set()
+        for path in sorted(paths, key=lambda p: "numpy" not in p):   # numpy's own BLAS first
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for name in _SET:
+                if hasattr(lib, name) and hasattr(lib, name.replace("_set_", "_get_")):
+                    setter, getter = getattr(lib, name), getattr(lib, name.replace("_set_", "_get_"))
+                    setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+                    _blas_api = [(setter, getter)]
+                    break
+            if _blas_api[0] is not None:
+                break
+    return _blas_api[0]
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` OpenBLAS threads (None, no OpenBLAS, or a thread count the user set in
+    the environment: unchanged), restoring the previous count afterwards."""
+    api = None if n is None or os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") \
+        else _openblas()
+    if api is None:
+        yield
+        return
+    setter, getter = api
+    before = getter()
+    setter(n)
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 def make_ops() -> NumpyOps:

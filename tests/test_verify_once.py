@@ -201,3 +201,27 @@ def test_retained_serves_one_array_per_tensor_until_dropped():
     kept.drop()
     again = np.asarray(kept.ckpt.tensors[name])
     assert again is not first and np.array_equal(again, first) and kept.nbytes == 0
+
+
+def test_small_numpy_runs_use_one_blas_thread(monkeypatch):
+    from electra_bridge.runtimes import ops_numpy
+
+    api = ops_numpy._openblas()
+    if api is None:
+        pytest.skip("numpy is not linked against OpenBLAS here")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    setter, getter = api
+    original, before = getter(), 2     # two threads, so that one is a change even on a one-core machine
+    setter(before)
+    try:
+        seen = []
+        run = ops_numpy.NumpyOps().compile(lambda params, batch: seen.append(getter()))
+        run({}, {"input_ids": np.zeros((3, 11), dtype=np.int64)})                       # the probe batch: 33 tokens
+        run({}, {"input_ids": np.zeros((2, ops_numpy.SMALL_RUN_TOKENS), dtype=np.int64)})  # large: untouched
+        assert seen == [1, before] and getter() == before
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(before))                         # the user's choice stands
+        run({}, {"input_ids": np.zeros((3, 11), dtype=np.int64)})
+        assert seen[-1] == before
+    finally:
+        setter(original)
