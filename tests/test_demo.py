@@ -18,6 +18,9 @@ def full_demo(tmp_path_factory):
     proc = run_cli("demo", "--out", out, "--json")
     assert proc.returncode in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr
+    # the first thing a new user runs: no framework start-up noise, no staging folder named
+    for noise in ("absl", "cuInit", "oneDNN", "cuda", "libtpu", ".partial-"):
+        assert noise not in proc.stderr, proc.stderr
     return proc.returncode, json.loads(proc.stdout), out
 
 
