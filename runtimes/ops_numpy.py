@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.special import erf as _erf
 
+from electra_bridge.schemas import materialize
+
 from .forward import BaseOps
 
 NAME = "numpy"
@@ -31,7 +33,9 @@ class NumpyOps(BaseOps):
         self.dtype = np.dtype(dtype)
 
     def param(self, array) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(array, dtype=self.dtype))
+        # loaded first, then cast only if needed: np.asarray(lazy, dtype=...) goes through LazyTensor.__array__,
+        # whose astype always copies -- a second copy of every weight, the one convert's Retained arrays avoid
+        return np.ascontiguousarray(np.asarray(materialize(array)).astype(self.dtype, copy=False))
 
     def inputs(self, array) -> np.ndarray:
         return np.asarray(array, dtype=np.int64)
