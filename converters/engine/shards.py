@@ -66,7 +66,8 @@ def weight_map(index: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for key, shard in mapping.items():
         path = index.parent / shard
-        if Path(shard).name != shard or not within(path, folder):
+        # "" names the folder itself, which ``within`` accepts (it is no shard file)
+        if not shard or Path(shard).name != shard or not within(path, folder):
             raise FormatError(f"{index}: shard {shard!r} is not a file name inside {index.parent}; "
                               "electra-bridge reads only files inside the checkpoint's folder")
         out[key] = path

@@ -29,6 +29,7 @@ runtime trap: pass explicit ids to FlaxElectra*; our runtimes default to zeros l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ from electra_bridge.schemas import ROWS, Checkpoint, ElectraConfig, SchemaError
 from ..engine import shards
 from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import IDENTITY, TRANSPOSE, Ignored, Leaves, module_rules
-from . import msgpack_flax
+from . import msgpack_flax, msgpack_lazy
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,14 @@ def refuse_divergences(ckpt: Checkpoint) -> None:
                           + "\n  fix: keep this model in safetensors (or h5), or retrain with the Flax semantics")
 
 
-def _unwrap_train_state(arrays: dict[str, np.ndarray], source: Path) -> dict[str, np.ndarray]:
+def _unwrap_train_state(tensors: dict[str, NativeTensor], source: Path) -> dict[str, NativeTensor]:
     """A bare ``params`` wrapper (a flax train state, not a transformers save) is read inside."""
-    if not arrays or not all(name.startswith(TRAIN_STATE) for name in arrays):
-        return arrays
+    if not tensors or not all(name.startswith(TRAIN_STATE) for name in tensors):
+        return tensors
     log.warning("%s: parameters sit under a 'params' key (a flax train state, not a transformers save); "
                 "reading inside it", source)
-    return {name.removeprefix(TRAIN_STATE): arr for name, arr in arrays.items()}
+    short = {name: name.removeprefix(TRAIN_STATE) for name in tensors}
+    return {short[name]: dataclasses.replace(t, name=short[name]) for name, t in tensors.items()}
 
 
 class MsgpackCodec:
@@ -115,9 +117,9 @@ class MsgpackCodec:
         return find_weights(path, (WEIGHTS, INDEX), (".msgpack", ".msgpack.index.json"))
 
     def list(self, weights: Path) -> dict[str, NativeTensor]:
-        """msgpack has no index of its own: the file is decoded whole, each array a view of its bytes."""
-        arrays = _unwrap_train_state(msgpack_flax.read_file(weights), weights)
-        return {name: NativeTensor(name, arr.shape, arr.dtype, lambda arr=arr: arr) for name, arr in arrays.items()}
+        """msgpack has no index of its own: the structure is walked once (msgpack_lazy.py), recording where
+        each array's bytes are; each ``load()`` reads one array, so memory holds one array, not the file."""
+        return _unwrap_train_state(msgpack_lazy.scan(weights), weights)
 
     def write(self, out: Path, tensors: Sequence[NativeTensor], ckpt: Checkpoint,
               max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[Path]:

@@ -17,6 +17,7 @@ bytes equal flax's.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -44,24 +45,34 @@ Leaf = TypeVar("Leaf")
 
 # ---- decoding -------------------------------------------------------------------------------------
 
+def payload_header(prefix: bytes, length: int) -> tuple[list, bytes, int, int]:
+    """(shape, dtype name, offset of the array bytes, their size) of flax's inner ``[shape, dtype, bin]``,
+    from the first bytes of a ``length``-byte payload (512 hold shape and dtype name); ValueError if
+    it is not that encoding or the bytes do not end the payload exactly."""
+    header = msgpack.Unpacker(raw=True, max_buffer_size=4096)  # the default buffer is 1 MiB, per array
+    header.feed(prefix[:512])  # shape + dtype name: a few dozen bytes
+    if header.read_array_header() != 3:
+        raise ValueError("expected a 3-item array")
+    shape, dtype_name = header.unpack(), header.unpack()
+    at = header.tell()
+    width = _BIN_LENGTH.get(prefix[at])
+    if width is None:
+        raise ValueError(f"expected bin data, found marker {prefix[at]:#x}")
+    if at + 1 + width > len(prefix):
+        raise ValueError("the bin length runs past the entry")
+    size = int.from_bytes(prefix[at + 1:at + 1 + width], "big")
+    start = at + 1 + width
+    if start + size != length:
+        raise ValueError("array bytes do not end the entry")
+    return shape, dtype_name, start, size
+
+
 def _split_payload(data: bytes) -> tuple[list, bytes, memoryview]:
     """(shape, dtype name, raw bytes) of flax's inner ``[shape, dtype, bin]`` without copying the bytes.
 
     The small header is unpacked by msgpack; the bin's bytes are returned as a view into
     ``data``, so an array costs its ext payload only (no second copy)."""
-    header = msgpack.Unpacker(raw=True)
-    header.feed(data[:512])  # shape + dtype name: a few dozen bytes
-    if header.read_array_header() != 3:
-        raise ValueError("expected a 3-item array")
-    shape, dtype_name = header.unpack(), header.unpack()
-    at = header.tell()
-    width = _BIN_LENGTH.get(data[at])
-    if width is None:
-        raise ValueError(f"expected bin data, found marker {data[at]:#x}")
-    size = int.from_bytes(data[at + 1:at + 1 + width], "big")
-    start = at + 1 + width
-    if start + size != len(data):
-        raise ValueError("array bytes do not end the entry")
+    shape, dtype_name, start, _ = payload_header(data, len(data))
     return shape, dtype_name, memoryview(data)[start:]
 
 
@@ -174,6 +185,30 @@ def _leaf(arr: np.ndarray) -> Any:
             "chunks": {str(i): msgpack.ExtType(EXT_NDARRAY, _array_payload(c)) for i, c in enumerate(chunks)}}
 
 
+def _header(fixed: Mapping[int, int], widths: tuple[tuple[int, int, str], ...], n: int) -> bytes:
+    if n in fixed:
+        return bytes([fixed[n]])
+    marker, fmt = next((m, f) for limit, m, f in widths if n < limit)
+    return struct.pack(fmt, marker, n)
+
+
+def _write_array(fh: BinaryIO, arr: np.ndarray) -> None:
+    """``packer.pack(_leaf(arr))``'s bytes, written without building them: the ext and bin headers msgpack
+    would emit, then the array's C-order bytes straight from the array (no payload copy, no packed
+    copy; a non-contiguous view -- a transposed kernel -- is made contiguous once)."""
+    if arr.size * arr.dtype.itemsize > MAX_CHUNK_SIZE:
+        fh.write(msgpack.packb(_leaf(arr), use_bin_type=True))
+        return
+    data = arr if arr.flags.c_contiguous else arr.copy(order="C")   # (ascontiguousarray makes 0-d 1-d)
+    inner = (b"\x93" + msgpack.packb(data.shape, use_bin_type=True) + msgpack.packb(data.dtype.name)
+             + _header({}, ((1 << 8, 0xC4, ">BB"), (1 << 16, 0xC5, ">BH"), (1 << 32, 0xC6, ">BI")), data.nbytes))
+    size = len(inner) + data.nbytes
+    ext = _header({1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8},
+                  ((1 << 8, 0xC7, ">BB"), (1 << 16, 0xC8, ">BH"), (1 << 32, 0xC9, ">BI")), size)
+    fh.write(ext + bytes([EXT_NDARRAY]) + inner)
+    fh.write(data.reshape(-1).view(np.uint8) if data.size else b"")
+
+
 def _nest(leaves: Mapping[str, Leaf]) -> dict:
     """{"a/b/c": leaf} -> nested dict."""
     root: dict = {}
@@ -196,7 +231,7 @@ def _pack_tree(tree: Mapping[str, Any], packer: msgpack.Packer, fh: BinaryIO,
         if isinstance(value, dict):
             _pack_tree(value, packer, fh, load)
         else:
-            fh.write(packer.pack(_leaf(load(value))))
+            _write_array(fh, np.asarray(load(value)))
 
 
 def write(fh: BinaryIO, leaves: Mapping[str, Leaf], load: Callable[[Leaf], np.ndarray]) -> None:

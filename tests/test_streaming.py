@@ -1,0 +1,186 @@
+"""Streaming: readers hand out tensors lazily, writers write one tensor at a time (issue 13 item 2).
+
+The msgpack reader walks the file's structure and reads one array's bytes per ``load()``
+(converters/formats/msgpack_lazy.py); it must give exactly what the eager decoder gives, refuse
+what it refuses, and allocate far less than the file. Memory is measured with tracemalloc
+(numpy's buffers and Python objects; HDF5's own C allocations are not traced). Every format's
+writer and reader is held to "near one tensor", not "near the file".
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import msgpack
+import numpy as np
+import pytest
+from helpers import FIXTURES, HEADS, spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from electra_bridge.converters import read, write
+from electra_bridge.converters.formats import msgpack_flax, msgpack_lazy
+from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, head_shapes
+
+FLAX = FIXTURES / "hf-flax"
+MASKED = FLAX / "masked-lm" / "flax_model.msgpack"
+
+
+def _loaded(path) -> dict[str, np.ndarray]:
+    return {name: t.load() for name, t in msgpack_lazy.scan(path).items()}
+
+
+def _assert_same(lazy: dict, eager: dict) -> None:
+    assert list(lazy) == list(eager)
+    for name, arr in eager.items():
+        assert lazy[name].dtype == arr.dtype and lazy[name].shape == arr.shape, name
+        assert np.array_equal(lazy[name].view(np.uint8), arr.view(np.uint8)), name   # bit for bit (NaN too)
+
+
+# ---- the lazy reader gives what the eager decoder gives ---------------------------------------
+
+@pytest.mark.parametrize("name", [*HEADS, "untied-masked-lm"])
+def test_lazy_scan_equals_eager_decode(name):
+    path = FLAX / name / "flax_model.msgpack"
+    tensors = msgpack_lazy.scan(path)
+    eager = msgpack_flax.read_file(path)
+    assert {n: (t.shape, t.dtype) for n, t in tensors.items()} == {n: (a.shape, a.dtype) for n, a in eager.items()}
+    _assert_same({n: t.load() for n, t in tensors.items()}, eager)
+
+
+def test_chunked_arrays_bfloat16_and_repeated_keys(tmp_path, monkeypatch):
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    arrays = {"a/big": rng.standard_normal((7, 9)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float16),
+              "c/d": rng.standard_normal((3, 2)).astype(ml_dtypes.bfloat16), "e": np.zeros((0, 4), np.float32)}
+    monkeypatch.setattr(msgpack_flax, "MAX_CHUNK_SIZE", 64)
+    path = tmp_path / "x.msgpack"
+    path.write_bytes(msgpack_flax.encode(arrays))
+    assert b"__msgpack_chunked_array__" in path.read_bytes()
+    _assert_same(_loaded(path), msgpack_flax.read_file(path))
+    leaf = msgpack.ExtType(1, msgpack.packb(((2,), "float32", np.ones(2, np.float32).tobytes()), use_bin_type=True))
+    # a repeated key: the last value wins, as msgpack's dict does (first key's place, last value)
+    repeated = b"\x82\xa1w" + msgpack.packb({"x": leaf}) + b"\xa1w" + msgpack.packb(leaf)
+    path.write_bytes(repeated)
+    _assert_same(_loaded(path), msgpack_flax.read_file(path))
+
+
+MUTATIONS = st.fixed_dictionaries({
+    "flips": st.lists(st.tuples(st.integers(0, MASKED.stat().st_size - 1), st.integers(1, 255)), max_size=6),
+    "cut": st.one_of(st.none(), st.integers(0, MASKED.stat().st_size)),
+})
+
+
+@settings(max_examples=300, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=MUTATIONS)
+def test_mutated_files_read_as_the_eager_decoder_reads_them_or_are_refused(tmp_path, m):
+    """Differential: whatever the lazy reader accepts, the eager decoder accepts too, with the same arrays;
+    anything else is a FormatError (never another exception)."""
+    data = bytearray(MASKED.read_bytes())
+    for pos, mask in m["flips"]:
+        data[pos] ^= mask
+    if m["cut"] is not None:
+        del data[m["cut"]:]
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(bytes(data))
+    try:
+        lazy = _loaded(path)
+    except BridgeError:
+        return
+    _assert_same(lazy, msgpack_flax.decode(bytes(data)))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xdf\xff\xff\xff\xff" + b"\xa1a\xc0" * 10, "claims 4294967295 entries"),
+    (b"\x81\xa6params\x81\xa1x\xc6\xff\xff\xff\xf0" + b"\0" * 100, "needs 4294967280 bytes"),
+    (b"\x81\xa1a" * 100_000 + b"\xc0", "nests deeper than"),
+    (b"\x81\x01" + msgpack.packb(1), "not a string"),
+    (msgpack.packb({"w": msgpack.ExtType(1, msgpack.packb(((1 << 20, 1 << 20), "float32", b"\0" * 64),
+                                                          use_bin_type=True))}), "needs 4398046511104 bytes"),
+    (msgpack.packb({"w": msgpack.ExtType(1, msgpack.packb(((2,), "O", b"\0" * 16), use_bin_type=True))}), "dtype 'O'"),
+    (msgpack.packb({"w": msgpack.ExtType(3, b"\x93\x90\xa7float32\xc4\x04" + bytes(4))}), "is a numpy scalar"),
+    (msgpack.packb({"w": [1, 2]}), "is a list"),
+    (b"\x81\xa1w\xc1", "never uses"),
+])
+def test_hostile_structures_are_refused_before_anything_is_allocated(tmp_path, content, message):
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(content)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match=message):
+            msgpack_lazy.scan(path)
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20   # a claim is checked, never allocated
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_file_shrunk_after_the_scan_is_refused_on_load(tmp_path):
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(MASKED.read_bytes())
+    tensors = msgpack_lazy.scan(path)
+    path.write_bytes(MASKED.read_bytes()[:1000])
+    with pytest.raises(FormatError, match="truncated"):
+        for t in tensors.values():
+            t.load()
+
+
+# ---- memory: one tensor, not the file ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bigger(tmp_path_factory):
+    """A 24 MB discriminator (hidden 256, 6 layers, vocab 8192) as safetensors, and its arrays."""
+    cfg = read(spec.HF_SAFETENSORS / "pretraining").config.replace(
+        hidden_size=256, num_hidden_layers=6, vocab_size=8192, intermediate_size=1024, embedding_size=128,
+        num_attention_heads=4, max_position_embeddings=512)
+    rng = np.random.default_rng(0)
+    arrays = {n: rng.standard_normal(s).astype(np.float32) for n, s in head_shapes(cfg, "pretraining").items()}
+    src = tmp_path_factory.mktemp("bigger") / "src"
+    write(Checkpoint(cfg, "pretraining", arrays), src, "safetensors")
+    return src, arrays
+
+
+def _peak(fn) -> tuple[object, int]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        value = fn()
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_msgpack_read_of_one_tensor_allocates_far_less_than_the_file(bigger, tmp_path):
+    src, arrays = bigger
+    write(read(src), tmp_path / "mp", "msgpack")
+    path = tmp_path / "mp" / "flax_model.msgpack"
+    size = path.stat().st_size
+    name = "electra/encoder/layer/3/intermediate/dense/kernel"
+    tensors, scan_peak = _peak(lambda: msgpack_lazy.scan(path))
+    one, load_peak = _peak(tensors[name].load)
+    _, eager_peak = _peak(lambda: msgpack_flax.read_file(path))
+    print(f"msgpack {size / 1e6:.1f} MB: scan peak {scan_peak / 1e6:.2f} MB, one {one.nbytes / 1e6:.2f} MB tensor "
+          f"loaded at peak {load_peak / 1e6:.2f} MB; the eager decode peaked at {eager_peak / 1e6:.1f} MB")
+    assert np.array_equal(one, arrays["encoder.layer.3.intermediate.dense.weight"].T)
+    assert scan_peak < size / 50 and load_peak < one.nbytes + (64 << 10)
+    assert eager_peak > 0.9 * size   # the eager decoder held the whole file: what the lazy one avoids
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "h5", "msgpack", "tf1"])
+def test_every_format_writes_and_reads_one_tensor_at_a_time(bigger, tmp_path, fmt):
+    src, arrays = bigger
+    ckpt = read(src)
+    largest = max(a.nbytes for a in arrays.values())
+    _, write_peak = _peak(lambda: write(ckpt, tmp_path / fmt, fmt))
+    size = sum(p.stat().st_size for p in (tmp_path / fmt).iterdir() if p.is_file())
+    back, list_peak = _peak(lambda: read(tmp_path / fmt))
+    name = "encoder.layer.3.intermediate.dense.weight"
+    one, load_peak = _peak(lambda: back.array(name))
+    print(f"{fmt}: {size / 1e6:.1f} MB written at peak {write_peak / 1e6:.2f} MB (largest tensor "
+          f"{largest / 1e6:.2f} MB); read listed at {list_peak / 1e6:.2f} MB, one {one.nbytes / 1e6:.2f} MB tensor "
+          f"loaded at {load_peak / 1e6:.2f} MB")
+    assert np.array_equal(one, arrays[name])
+    assert write_peak < 2 * largest + (1 << 20)            # one tensor (and a layout copy of it), never the model
+    assert list_peak < size / 20
+    assert load_peak < 2.5 * one.nbytes + (256 << 10)     # the bytes, a transposed copy, the finiteness mask
