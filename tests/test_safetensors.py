@@ -41,6 +41,15 @@ def test_written_file_matches_what_transformers_saved():
         assert np.array_equal(tensor.load(), theirs[name]), name
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_written_file_is_byte_identical_to_save_pretrained(head, tmp_path):
+    """The fixtures are save_pretrained's files (fixtures/make_fixtures.py): ours equal them byte for byte
+    (header key order included: ``__metadata__`` first, then the names sorted, as the library writes)."""
+    write(read(spec.HF_SAFETENSORS / head), tmp_path / "out", "safetensors")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == \
+        (spec.HF_SAFETENSORS / head / "model.safetensors").read_bytes()
+
+
 def test_sharded_safetensors(tmp_path):
     safetensors = pytest.importorskip("safetensors.numpy")
     src = spec.HF_SAFETENSORS / "pretraining"

@@ -241,3 +241,24 @@ def test_a_failing_shard_leaves_nothing_at_out(fmt, tmp_path):
     with pytest.raises(RuntimeError, match="disk gone"):
         write(src.with_(tensors=tensors), tmp_path / "out", fmt, max_shard_size=4096)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sharded_output_that_fails_verification_leaves_nothing(tmp_path, monkeypatch):
+    """convert verifies the shards it wrote (read back through the index) and removes them on a mismatch."""
+    from electra_bridge.converters import VerificationError
+    from electra_bridge.converters.engine import pipeline
+
+    real_write = pipeline.write
+
+    def corrupting_write(fmt, ckpt, out, **options):
+        tensors = dict(ckpt.arrays())
+        weight = tensors["encoder.layer.1.output.dense.weight"].copy()
+        weight[3, 5] += 0.05   # one element: the LayerNorm after it cannot cancel it
+        return real_write(fmt, ckpt.with_(tensors={**tensors, "encoder.layer.1.output.dense.weight": weight}), out,
+                          **options)
+
+    monkeypatch.setattr(pipeline, "write", corrupting_write)
+    with pytest.raises(VerificationError) as err:
+        convert(spec.HF_SAFETENSORS / "pretraining", tmp_path / "out", "msgpack", write_options={"max_shard_size": 4096})
+    assert not err.value.report.ok
+    assert list(tmp_path.iterdir()) == []
