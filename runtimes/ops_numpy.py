@@ -6,21 +6,18 @@ saves little on a quiet machine and, on a shared one, costs a lot: OpenBLAS thre
 each other, and a waiter whose core another process holds stalls every GEMM (measured at
 electra-base, probe batch, 2 cores under load ~5: 2.1-4.7 s with 2 threads, 0.20 s with one).
 Larger runs keep the library's thread count; an explicit OPENBLAS_NUM_THREADS / OMP_NUM_THREADS
-is always left alone (the user chose it).
+is always left alone (the user chose it). Both through runtimes/blas.py, as is ``param``'s copy of
+a transposed kernel view (OpenBLAS's omatcopy, ~18x numpy's strided copy).
 """
 
 from __future__ import annotations
-
-import contextlib
-import ctypes
-import os
-from collections.abc import Iterator
 
 import numpy as np
 from scipy.special import erf as _erf
 
 from electra_bridge.schemas import materialize
 
+from .blas import blas_threads, contiguous
 from .forward import BaseOps
 
 NAME = "numpy"
@@ -35,7 +32,7 @@ class NumpyOps(BaseOps):
     def param(self, array) -> np.ndarray:
         # loaded first, then cast only if needed: np.asarray(lazy, dtype=...) goes through LazyTensor.__array__,
         # whose astype always copies -- a second copy of every weight, the one convert's Retained arrays avoid
-        return np.ascontiguousarray(np.asarray(materialize(array)).astype(self.dtype, copy=False))
+        return contiguous(np.asarray(materialize(array)).astype(self.dtype, copy=False))
 
     def inputs(self, array) -> np.ndarray:
         return np.asarray(array, dtype=np.int64)
@@ -99,54 +96,5 @@ class NumpyOps(BaseOps):
 
 #: runs of at most this many tokens (batch x sequence) use one BLAS thread
 SMALL_RUN_TOKENS = 256
-_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-        "openblas_set_num_threads")
-_blas_api: list | None = None
-
-
-def _openblas() -> tuple | None:
-    """(set, get) of the OpenBLAS numpy loaded, found in /proc/self/maps; None elsewhere (MKL, macOS)."""
-    global _blas_api
-    if _blas_api is None:
-        _blas_api = [None]
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-                paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
-        except OSError:
-            paths = set()
-        for path in sorted(paths, key=lambda p: "numpy" not in p):   # numpy's own BLAS first
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for name in _SET:
-                if hasattr(lib, name) and hasattr(lib, name.replace("_set_", "_get_")):
-                    setter, getter = getattr(lib, name), getattr(lib, name.replace("_set_", "_get_"))
-                    setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
-                    _blas_api = [(setter, getter)]
-                    break
-            if _blas_api[0] is not None:
-                break
-    return _blas_api[0]
-
-
-@contextlib.contextmanager
-def blas_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` OpenBLAS threads (None, no OpenBLAS, or a thread count the user set in
-    the environment: unchanged), restoring the previous count afterwards."""
-    api = None if n is None or os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") \
-        else _openblas()
-    if api is None:
-        yield
-        return
-    setter, getter = api
-    before = getter()
-    setter(n)
-    try:
-        yield
-    finally:
-        setter(before)
-
-
 def make_ops() -> NumpyOps:
     return NumpyOps()

@@ -17,6 +17,7 @@ from electra_bridge.schemas import (
     Checkpoint, ElectraConfig, LazyTensor, MissingDependencyError, SchemaError, get_head, materialize, runnable_heads,
 )
 
+from .blas import contiguous
 from .forward import Result, forward
 
 #: runtime name -> module providing ``make_ops()`` (lazy: a missing framework only fails when used)
@@ -167,7 +168,7 @@ class Retained:
     def _load(self, name: str, tensor) -> np.ndarray:
         arr = self._arrays.get(name)
         if arr is None:
-            arr = np.ascontiguousarray(materialize(tensor))
+            arr = contiguous(materialize(tensor))   # TF1/h5/msgpack kernels: a transposed view, copied once
             if self._kept:
                 self._arrays[name] = arr
         return arr

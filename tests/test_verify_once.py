@@ -204,14 +204,14 @@ def test_retained_serves_one_array_per_tensor_until_dropped():
 
 
 def test_small_numpy_runs_use_one_blas_thread(monkeypatch):
-    from electra_bridge.runtimes import ops_numpy
+    from electra_bridge.runtimes import blas, ops_numpy
 
-    api = ops_numpy._openblas()
+    api = blas.openblas()
     if api is None:
         pytest.skip("numpy is not linked against OpenBLAS here")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    setter, getter = api
+    setter, getter = api.set_threads, api.get_threads
     original, before = getter(), 2     # two threads, so that one is a change even on a one-core machine
     setter(before)
     try:
@@ -225,3 +225,19 @@ def test_small_numpy_runs_use_one_blas_thread(monkeypatch):
         assert seen[-1] == before
     finally:
         setter(original)
+
+
+@pytest.mark.parametrize("shape", [(768, 3072), (3, 5), (1, 7), (7, 1), (0, 4)])
+def test_contiguous_copies_a_transposed_view_exactly(shape):
+    from electra_bridge.runtimes import blas
+
+    stored = np.random.default_rng(0).standard_normal(shape[::-1], dtype=np.float32)
+    view = stored.T
+    out = blas.contiguous(view)
+    assert out.flags.c_contiguous and out.dtype == np.float32 and np.array_equal(out, view)
+    assert view.flags.c_contiguous or not np.shares_memory(out, stored)   # a copy unless it already was one
+    assert blas.contiguous(stored) is stored                                   # already contiguous: itself
+    half = stored.astype(np.float16).T                                          # other dtypes: numpy's copy
+    assert np.array_equal(blas.contiguous(half), half) and blas.contiguous(half).flags.c_contiguous
+    strided = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]            # not a transpose: numpy's copy
+    assert np.array_equal(blas.contiguous(strided), strided)
