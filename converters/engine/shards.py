@@ -40,9 +40,9 @@ HUB, LEGACY = "hub", "legacy"
 
 MAX_SHARD_SIZE = Option(
     "--max-shard-size", "write",
-    "safetensors, h5, msgpack: split the weights into shards of at most SIZE bytes with the index transformers "
-    "writes (SIZE: 5GB, 200MB, 10KB, 1GiB, or plain bytes; KB=1000, KiB=1024, as transformers parses it); "
-    "default as transformers' save_pretrained: 5GB for safetensors and h5, 10GB for msgpack",
+    "split the weights into shards of at most SIZE bytes with the index transformers writes (SIZE: 5GB, "
+    "200MB, 10KB, 1GiB, or plain bytes; KB=1000, KiB=1024, as transformers parses it); default as "
+    "transformers' save_pretrained: 5GB for safetensors and h5, 10GB for msgpack",
     {"metavar": "SIZE"})
 
 _SIZE = re.compile(r"(\d+)(GIB|MIB|KIB|GB|MB|KB)?", re.IGNORECASE)
