@@ -4,7 +4,9 @@ An element passes when ``|a - b| <= atol + rtol * |b|`` (b is the reference side
 (atol, rtol) from the one ``TOLERANCES`` table. ``compare`` builds the Report
 (runtimes/report.py: max-abs, max-rel, worst index, per-layer drift); beside the numbers each
 head gets its prediction agreement and, when a side is float16, the overflow audit of the
-reference (runtimes/precision.py). ``min_agreement`` makes agreement a gate.
+reference (runtimes/precision.py). ``min_agreement`` makes agreement a gate. A pair with a
+float16, bfloat16 or int8 side is run on runtimes/probe.precision_batch (the probe rows plus a
+max_position_embeddings-long row and a repeated-token row) unless the caller gives the inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable
 from electra_bridge.schemas import SchemaError
 
 from .precision import activation_peaks, agreement
-from .probe import probe_batch
+from .probe import PRECISION_DTYPES, precision_batch, probe_batch
 from .report import REPORT_FORMATS, Diff, HeadReport, Report, diff
 from .runner import Runner
 
@@ -94,8 +96,10 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
             min_agreement: float | None = None) -> Report:
     """Compare every output of every head both runners have (or ``heads``), B as the reference.
 
-    ``batch_for(head)`` gives the inputs (default: the standard probe batch for a's config).
-    ``min_agreement`` fails a head whose prediction agreement (any output) is below it. When
+    ``batch_for(head)`` gives the inputs (default: the standard probe batch for a's config; when
+    either side is float16, bfloat16 or int8, ``precision_batch``: the probe rows padded to
+    max_position_embeddings plus a long row and a repeated-token row, where rounding in long
+    softmax sums and saturated attention shows). ``min_agreement`` fails a head whose prediction agreement (any output) is below it. When
     either side is float16 and B is a checkpoint, B is audited for float16 overflow.
     """
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
@@ -115,7 +119,14 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
     default_atol, default_rtol = pair_tolerance(a, b)
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
-    batch_for = batch_for or (lambda head: probe_batch(a.config, head))
+    source = None
+    if batch_for is None:
+        reduced = any(r.dtype in PRECISION_DTYPES for r in (a, b))
+        make = precision_batch if reduced else probe_batch
+        source = "probe batch (seed 0)" + (" + precision rows (long, repeated)" if reduced else "")
+
+        def batch_for(head: str) -> dict:
+            return make(a.config, head)
     batches = {head: batch_for(head) for head in chosen}
     shapes = {f"{head}:{k}": list(v.shape) for head, batch in batches.items() for k, v in batch.items()}
     # One side at a time, releasing its weights before the other runs: peak memory is one model.
@@ -139,4 +150,7 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
         audit = "float16" in (a.dtype, b.dtype) and reference is not None
         peaks = activation_peaks(reference, head, batches[head]) if audit else []
         reports.append(HeadReport(head, outputs, drift, agreed, min_agreement, peaks))
-    return Report(a.name, b.name, atol, rtol, reports, shapes, min_agreement=min_agreement)
+    report = Report(a.name, b.name, atol, rtol, reports, shapes, min_agreement=min_agreement)
+    if source is not None:
+        report.source = source
+    return report
