@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from electra_bridge.runtimes import CheckpointRunner, Report, Runner, compare
-from electra_bridge.runtimes.runner import PrecomputedRunner, Retained
+from electra_bridge.runtimes.runner import PrecomputedRunner, Retained, preload
 from electra_bridge.runtimes.verify import REPORT_FORMATS
 from electra_bridge.schemas import BridgeError, Checkpoint, FormatError, SchemaError, runnable_heads
 
@@ -195,6 +195,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
         raise SchemaError("--report and --plot come from the verification: drop --no-verify or them")
     check_report_paths(report, plot)
     pipeline.cast_dtype(dtype)                       # an unknown --dtype fails before the read
+    preload(runtime) if verify else None             # its import overlaps the read and the write (runner.py)
     given_assets = _tokenizer_files(tokenizer) if tokenizer is not None else None
     ckpt = read(src, fmt, head=head, **read_options)
     if given_assets is not None:
@@ -222,14 +223,13 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
                     retained.drop()
                 target = get_format(to)
                 written = (target.verify_runner(tmp) if isinstance(target, CheckpointFormat) and target.verify_runner
-                           else open_runner(tmp, to, runtime=runtime,
-                                            **{k: True for k in ("allow_nonfinite",) if read_options.get(k)}))
+                           else open_runner(tmp, to, runtime=runtime, allow_nonfinite=read_options.get("allow_nonfinite")))
                 written.name = str(out)
                 result = compare(progress.TrackedRunner(written, bar, "written"), source, atol=atol, rtol=rtol,
                                  min_agreement=min_agreement)
             finally:
                 retained.drop()
-            result.seconds = time.perf_counter() - started
+            result.seconds = time.perf_counter() - started   # the check's own time: both sides, the comparison
             reports.append(result)
             write_report(result, report, plot)
             if not result.ok:

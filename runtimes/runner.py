@@ -9,6 +9,7 @@ framework; artifact formats (ONNX, TorchScript) supply their own runners.
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -58,6 +59,26 @@ def load_ops(runtime: str):
             f"the {runtime} runtime needs {exc.name or 'its framework'}: pip install 'electra-bridge[{extra}]'"
         ) from exc
     return module.make_ops()
+
+
+def preload(runtime: str) -> threading.Thread | None:
+    """Import ``runtime``'s framework in a background thread and return it (None for an unknown runtime).
+
+    convert calls it before reading and writing, which mostly wait on I/O and copy without the GIL, so
+    the import (numpy's: scipy.special, ~0.4-0.6 s) overlaps them instead of starting the check. A failed
+    import is left for ``load_ops`` to raise, in the caller's thread, with its message."""
+    if runtime not in RUNTIMES:
+        return None
+
+    def run() -> None:
+        try:
+            importlib.import_module(RUNTIMES[runtime])
+        except BaseException:   # noqa: BLE001 -- reported by load_ops where it matters
+            pass
+
+    thread = threading.Thread(target=run, name=f"import {runtime}", daemon=True)
+    thread.start()
+    return thread
 
 
 #: the half-precision dtypes a checkpoint may store, lossiest first (a runner's ``dtype`` is the lossiest present)

@@ -241,3 +241,18 @@ def test_contiguous_copies_a_transposed_view_exactly(shape):
     assert np.array_equal(blas.contiguous(half), half) and blas.contiguous(half).flags.c_contiguous
     strided = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]            # not a transpose: numpy's copy
     assert np.array_equal(blas.contiguous(strided), strided)
+
+
+def test_preload_imports_the_runtime_in_the_background_and_never_raises(monkeypatch):
+    import sys
+
+    from electra_bridge.runtimes.runner import RUNTIMES, preload
+
+    thread = preload("numpy")
+    thread.join(60)
+    assert not thread.is_alive() and RUNTIMES["numpy"] in sys.modules
+    assert preload("no-such-runtime") is None
+    monkeypatch.setitem(RUNTIMES, "broken", "electra_bridge.runtimes.no_such_module")
+    thread = preload("broken")        # the failure is load_ops' to report, in the caller's thread
+    thread.join(60)
+    assert not thread.is_alive()
