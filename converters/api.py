@@ -17,6 +17,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from . import inputs as user_inputs
 from . import model_card
 from . import text as text_inputs
 from . import tokenizer_assets
-from .engine import assets, extras, hf_cache, output, pipeline, progress
+from .engine import assets, extras, hf_cache, output, pipeline, progress, provenance
 from .engine.format import ArtifactFormat, CheckpointFormat
 from .formats import FORMATS, all_formats, get_format
 
@@ -97,9 +98,11 @@ def write(ckpt: Checkpoint, out: str | Path, to: str, *, force: bool = False, **
 
 
 def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check, options: Mapping,
-                    card: Callable[[Report | None], dict[str, bytes]] | None = None) -> Path:
+                    card: Callable[[Report | None], dict[str, bytes]] | None = None,
+                    record: Callable[[], dict] | None = None) -> Path:
     """Write into a staging folder beside ``out``, run ``check`` on it (it raises on a mismatch and
-    returns the report), add ``card(report)``'s files, and only then rename it to ``out``."""
+    returns the report), add ``card(report)``'s files and the provenance record (engine/provenance.py:
+    the marker fields, ``record()``'s, the written files' digests), and only then rename it to ``out``."""
     spec = get_format(to)
     source = ckpt.provenance.get("path")
     output.check_target(out, [Path(source)] if source else [], force=force)
@@ -122,6 +125,8 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
             output.write_marker(tmp, {"format": to, "head": ckpt.head, "source": source or "in memory",
                                       "source_format": ckpt.provenance.get("format", "in memory"),
                                       "dtype": ckpt.provenance.get("dtype", "as stored"),
+                                      **(record() if record is not None else {}),
+                                      "files": provenance.written_digests(tmp),
                                       "verification": report.to_dict() if report is not None else None})
         except OSError as exc:
             raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
@@ -196,7 +201,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     check_report_paths(report, plot)
     pipeline.cast_dtype(dtype)                       # an unknown --dtype fails before the read
     preload(runtime) if verify else None             # its import overlaps the read and the write (runner.py)
-    given_assets = _tokenizer_files(tokenizer) if tokenizer is not None else None
+    given_assets = tokenizer_assets.from_folder(tokenizer) if tokenizer is not None else None
     ckpt = read(src, fmt, head=head, **read_options)
     if given_assets is not None:
         ckpt = ckpt.with_(assets={**{k: v for k, v in ckpt.assets.items() if k not in assets.ASSET_NAMES},
@@ -206,6 +211,12 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
                     "add them with --tokenizer DIR", src, out)
     out = Path(out)
     reports: list[Report] = []
+    tensor_digests: dict[str, dict] = {}
+    asked = provenance.asked(to, head, dtype, verify, read_options, write_options or {}, tokenizer)
+    # the source's digests are computed in a thread beside the conversion (hashlib releases the GIL)
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="source-sha256")
+    source_digests = hashing.submit(provenance.source_digests, src)
+    hashing.shutdown(wait=False)
     n = len(ckpt.tensors)
     # units: each tensor read (once: verified, the writer's arrays are kept for the source run), a run per head and side
     with progress.Progress(n + (2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
@@ -238,28 +249,20 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
                 raise VerificationError(f"{out} does not match {src}" + (f": {why}" if why else ""), result)
             return result
 
-        written_ckpt = pipeline.cast(source_ckpt, dtype)
+        written_ckpt = provenance.digesting(pipeline.cast(source_ckpt, dtype), tensor_digests)
         _write_verified(written_ckpt, out, to, force=force, check=check if verify else None,
                         options=dict(write_options or {}),
                         card=lambda result: model_card.files(
                             written_ckpt, to, result.to_dict() if result is not None else None,
-                            dtype=(write_options or {}).get("quantize")))   # int8: what the graph stores
+                            dtype=(write_options or {}).get("quantize")),   # int8: what the graph stores
+                        record=lambda: {"options": asked, "source_files": source_digests.result(),
+                                        "tensors": dict(sorted(tensor_digests.items()))})
     return ConvertResult(out, ckpt, reports[0] if reports else None)
 
 
 def _for_net(path: str | Path | None, net: str) -> Path | None:
     """``r.md`` -> ``r.discriminator.md``: each net of ``--net both`` gets its own report."""
     return None if path is None else Path(path).with_name(f"{Path(path).stem}.{net}{Path(path).suffix}")
-
-
-def _tokenizer_files(folder: str | Path) -> dict[str, bytes]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SchemaError(f"--tokenizer {folder}: not a folder (give the folder holding vocab.txt or tokenizer.json)")
-    found = assets.collect(folder)
-    if not ({"vocab.txt", "tokenizer.json"} & set(found)):
-        raise SchemaError(f"--tokenizer {folder}: it holds neither vocab.txt nor tokenizer.json")
-    return found
 
 
 def check_report_paths(report: str | Path | None, plot: str | Path | None) -> None:

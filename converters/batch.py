@@ -81,7 +81,8 @@ def load_plan(path: str | Path) -> list[Item]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:   # json's JSONDecodeError is a ValueError
-        raise SchemaError(f"plan {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({exc})") from None
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise SchemaError(f"plan {path}: not valid {kind} ({' '.join(str(exc).split())})") from None
     if isinstance(data, list):
         data = {"items": data}
     if not isinstance(data, dict) or not isinstance(data.get("items"), list) or not data["items"]:

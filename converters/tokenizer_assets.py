@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
+
+from electra_bridge.schemas import BridgeError, ElectraConfig, MissingDependencyError, SchemaError
 
 from . import text
-from electra_bridge.schemas import BridgeError, ElectraConfig, MissingDependencyError
+from .engine import assets as engine_assets
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,17 @@ def tokenizer_config(settings: text.TokenizerSettings, config: ElectraConfig | N
     if config is not None:
         out["model_max_length"] = config.max_position_embeddings
     return out
+
+
+def from_folder(folder: str | Path) -> dict[str, bytes]:
+    """The tokenizer files of ``folder`` (``convert --tokenizer DIR``); SchemaError when it has no vocabulary."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SchemaError(f"--tokenizer {folder}: not a folder (give the folder holding vocab.txt or tokenizer.json)")
+    found = engine_assets.collect(folder)
+    if not ({"vocab.txt", "tokenizer.json"} & set(found)):
+        raise SchemaError(f"--tokenizer {folder}: it holds neither vocab.txt nor tokenizer.json")
+    return found
 
 
 def complete(assets: Mapping[str, bytes], config: ElectraConfig | None = None) -> dict[str, bytes]:
