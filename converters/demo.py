@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 CHAIN = ("safetensors", "h5", "msgpack", "keras", "tf1", "safetensors")
 #: deployment artifacts, each exported from the source
 ARTIFACTS = ("onnx", "torchscript", "torch-export")
+#: export options: the ONNX graph carries its hidden states, so its hop is compared layer by layer too
+ARTIFACT_OPTIONS = {"onnx": {"hidden_states": True}}
 #: the framework each checkpoint format is made for: its hop is also run there, against the numpy source
 NATIVE_RUNTIME = {"safetensors": "torch", "h5": "tf", "msgpack": "jax", "tf1": "tf"}
 #: what `--out` must contain for the demo to replace it (it never deletes a folder it did not write)
@@ -171,7 +173,8 @@ def _convert(name: str, src: Path, src_fmt: str, src_label: str, out: Path, fmt:
              runtime: str) -> Hop:
     start = time.perf_counter()
     try:
-        result = api.convert(src, out, fmt, fmt=src_fmt, head=head, runtime=runtime, force=True)
+        result = api.convert(src, out, fmt, fmt=src_fmt, head=head, runtime=runtime, force=True,
+                             write_options=ARTIFACT_OPTIONS.get(fmt))
         return Hop(name, src_label, fmt, head, "ok", time.perf_counter() - start, path=out, report=result.report)
     except api.VerificationError as exc:
         return Hop(name, src_label, fmt, head, "MISMATCH", time.perf_counter() - start, report=exc.report)

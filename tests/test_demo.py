@@ -47,6 +47,18 @@ def test_every_registered_format_is_a_verified_hop(full_demo):
     assert any(h["hop"] == "round trip" and h["result"] == "ok" for h in result["hops"])
 
 
+@pytest.mark.requires("onnx")
+def test_every_artifact_hop_is_compared_layer_by_layer(full_demo):
+    _, result, _ = full_demo
+    checked = set()
+    for hop in result["hops"]:
+        if hop["hop"] == "artifact" and hop["result"] == "ok":   # onnx through --hidden-states
+            drift = hop["report"]["heads"]["pretraining"]["hidden_state_drift"]
+            assert list(drift)[:2] == ["embeddings", "layer 0"], (hop["format"], list(drift))
+            checked.add(hop["format"])
+    assert "onnx" in checked
+
+
 def test_perturbed_copy_is_caught_at_its_layer(full_demo):
     _, result, _ = full_demo
     (hop,) = [h for h in result["hops"] if h["hop"] == "perturbed"]
