@@ -221,15 +221,16 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     # units: each tensor read (once: verified, the writer's arrays are kept for the source run), a run per head and side
     with progress.Progress(n + (2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:
         retained = Retained(progress.track_tensors(ckpt, bar), keep=verify)
-        source_ckpt = retained.ckpt
+        source_ckpt = retained.ckpt   # verified: the source side runs on these, beside the writer (run_ahead)
+        ahead = retained.run_ahead(lambda kept: PrecomputedRunner.on_probe_batches(
+            progress.TrackedRunner(CheckpointRunner(kept, runtime, name=str(src)), bar, "source"),
+            reduced=dtype not in (None, "float32") or bool((write_options or {}).get("quantize"))))
 
         def check(tmp: Path) -> Report:
             started = time.perf_counter()
             bar.describe(f"verifying {to}")
             try:
-                source = PrecomputedRunner.on_probe_batches(   # now, on the arrays the writer just read
-                    progress.TrackedRunner(CheckpointRunner(source_ckpt, runtime, name=str(src)), bar, "source"),
-                    reduced=dtype not in (None, "float32") or bool((write_options or {}).get("quantize")))
+                source = ahead.result()
                 if "float16" not in (dtype, source.dtype):   # the float16 audit re-runs the source: keep them then
                     retained.drop()
                 target = get_format(to)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -182,17 +183,34 @@ class Retained:
     def __init__(self, ckpt: Checkpoint, keep: bool = True):
         self._arrays: dict[str, np.ndarray] = {}
         self._kept = keep   # False: a pass-through (nothing is kept)
+        self._sources = dict(ckpt.tensors)
+        self._ahead: Ahead | None = None
         self.ckpt = ckpt.with_(tensors={n: LazyTensor(tuple(t.shape), np.dtype(t.dtype),
                                                       lambda n=n, t=t: self._load(n, t))
                                         for n, t in ckpt.tensors.items()})
 
     def _load(self, name: str, tensor) -> np.ndarray:
+        if self._ahead is not None and self._kept and self._ahead.thread is None:
+            for other, source in self._sources.items():   # every tensor now, in order; then the run starts
+                self._keep(other, source)
+            self._ahead.start()
+        return self._keep(name, tensor)
+
+    def _keep(self, name: str, tensor) -> np.ndarray:
         arr = self._arrays.get(name)
         if arr is None:
             arr = contiguous(materialize(tensor))   # TF1/h5/msgpack kernels: a transposed view, copied once
             if self._kept:
                 self._arrays[name] = arr
         return arr
+
+    def run_ahead(self, fn: Callable[[Checkpoint], object]) -> "Ahead":
+        """``fn(self.ckpt)`` computed in a background thread from the first load on: that load reads every
+        tensor (one copy, as the source run needs them all anyway) and starts the thread, so the source
+        run (numpy BLAS, no GIL) overlaps the writer (I/O, no GIL). ``result()`` joins it (or, if no
+        tensor was ever loaded, runs ``fn`` there) and re-raises what ``fn`` raised."""
+        self._ahead = Ahead(fn, self.ckpt)
+        return self._ahead
 
     @property
     def nbytes(self) -> int:
@@ -202,6 +220,33 @@ class Retained:
         """Forget every kept array (the memory goes once no runner holds them)."""
         self._arrays.clear()
         self._kept = False
+
+
+class Ahead:
+    """``fn(ckpt)`` run in a thread of its own once ``start()`` is called; see ``Retained.run_ahead``."""
+
+    def __init__(self, fn: Callable[[Checkpoint], object], ckpt: Checkpoint):
+        self._fn, self._ckpt = fn, ckpt
+        self.thread: threading.Thread | None = None
+        self._outcome: tuple[bool, object] | None = None
+
+    def start(self) -> None:
+        def run() -> None:
+            try:
+                self._outcome = (True, self._fn(self._ckpt))
+            except BaseException as exc:   # noqa: BLE001 -- re-raised by result(), in the caller's thread
+                self._outcome = (False, exc)
+        self.thread = threading.Thread(target=run, name="source run", daemon=True)
+        self.thread.start()
+
+    def result(self):
+        if self.thread is None:
+            return self._fn(self._ckpt)
+        self.thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
 
 
 class PrecomputedRunner:

@@ -256,3 +256,38 @@ def test_preload_imports_the_runtime_in_the_background_and_never_raises(monkeypa
     thread = preload("broken")        # the failure is load_ops' to report, in the caller's thread
     thread.join(60)
     assert not thread.is_alive()
+
+
+def test_the_source_side_runs_beside_the_writer(tmp_path, monkeypatch):
+    """Every tensor is read before the first is written; the source run then happens in its own thread
+    while the writer writes (it starts before the write ends), and the written side comes after."""
+    import threading
+
+    events = []
+    forward = runner_module.forward
+
+    def counted(params, cfg, head, batch, ops):
+        events.append(("forward", threading.current_thread().name))
+        return forward(params, cfg, head, batch, ops)
+
+    st_write = safetensors_file.write
+
+    def write(path, tensors, metadata=None):
+        events.append(("write", None))
+        return st_write(path, tensors, metadata)
+
+    monkeypatch.setattr(runner_module, "forward", counted)
+    monkeypatch.setattr(safetensors_file, "write", write)
+    convert(FIXTURES / "tf1" / "pretraining", tmp_path / "out", "safetensors")
+    assert events[0] == ("write", None)
+    assert events[1:] == [("forward", "source run"), ("forward", threading.current_thread().name)]
+
+
+def test_a_failing_source_run_fails_the_convert(tmp_path, monkeypatch):
+    def broken(params, cfg, head, batch, ops):
+        raise RuntimeError("source run broke")
+
+    monkeypatch.setattr(runner_module, "forward", broken)
+    with pytest.raises(RuntimeError, match="source run broke"):
+        convert(FIXTURES / "hf" / "pretraining", tmp_path / "out", "safetensors")
+    assert not (tmp_path / "out").exists()
