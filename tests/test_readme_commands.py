@@ -24,7 +24,8 @@ CLI = Path(sys.executable).parent / "electra-bridge"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 #: placeholder -> what it stands for in the folder the commands run in
 PLACEHOLDERS = {"PATH": "hf-model/", "SRC": "hf-model/", "OUT": "placeholder-out/", "FORMAT": "safetensors",
-                "HEAD": "base", "A": "old/", "B": "new/", "NET": "generator", "FILE": "hf-model/config.json"}
+                "HEAD": "base", "A": "old/", "B": "new/", "NET": "generator", "FILE": "hf-model/config.json",
+                "PLAN": "plan.yaml"}
 
 
 def blocks(language: str) -> list[str]:
@@ -57,6 +58,12 @@ def workdir(tmp_path_factory) -> Path:
     shutil.copytree(FIXTURES / "hf-flax" / "masked-lm", work / "flax-model")
     run(work, "convert", "old/", "new/", "--to", "onnx", "--hidden-states")
     run(work, "convert", "electra_base/", "model-onnx/", "--to", "onnx", "--net", "generator")
+    run(work, "convert", "hf-model/", "provenance-out/", "--to", "h5")
+    # the README's batch plan, over the folders it names
+    shutil.copytree(FIXTURES / "tf1" / "pretraining", work / "ckpts" / "electra_base")
+    shutil.copytree(FIXTURES / "hf" / "sequence-classification", work / "hf" / "finetuned")
+    plan = next(b for b in blocks("yaml") if b.startswith("# plan.yaml"))
+    (work / "plan.yaml").write_text(plan)
     ids = np.array([[2, 10, 11, 12, 3, 0], [2, 13, 14, 3, 15, 3]], dtype=np.int64)
     np.savez(work / "batch.npz", input_ids=ids, attention_mask=(ids != 0).astype(np.int64),
              token_type_ids=np.array([[0] * 6, [0, 0, 0, 0, 1, 1]], dtype=np.int64))
@@ -83,9 +90,11 @@ def test_readme_command_runs_as_typed(workdir, line):
         shutil.rmtree(workdir / out_folder, ignore_errors=True)
     if args == ["demo"]:
         args = ["demo", "--out", "demo-out"]
+    if args[:1] == ["verify"] and "--provenance" in args:   # OUT: an output folder of ours
+        args[1] = "provenance-out/"
     proc = run(workdir, *args)
     if args[:1] == ["verify"]:
-        assert "EQUAL" in proc.stdout
+        assert ("as recorded" if "--provenance" in args else "EQUAL") in proc.stdout
     if "--report" in args:
         assert (workdir / args[args.index("--report") + 1]).read_text().strip()
     if "--plot" in args:
