@@ -37,14 +37,14 @@ test-core: $(CORE_STAMP)
 fixtures: $(STAMP)
 	$(PY) fixtures/make_fixtures.py
 
-# `make bench` lists the benchmarks; `make bench BENCH=onnx ARGS="--repeats 10"` installs the bench
-# extra and runs benchmarks/bench_onnx.py (each takes minutes and builds electra-base-size models).
-bench: $(STAMP)
+# `make bench` lists the benchmarks (no set-up needed); `make bench BENCH=onnx ARGS="--repeats 10"` sets up
+# .venv (the test extra holds the bench one) and runs benchmarks/bench_onnx.py (minutes; builds electra-base-size models).
 ifeq ($(BENCH),)
+bench:
 	@for f in benchmarks/bench_*.py; do printf '%-32s %s\n' "$$f" "$$(sed -n '1s/^"""//p' $$f)"; done
 	@echo "run one: make bench BENCH=<name> [ARGS='...']   (details: benchmarks/README.md)"
 else
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+bench: $(STAMP)
 	$(PY) benchmarks/bench_$(BENCH).py $(ARGS)
 endif
 
