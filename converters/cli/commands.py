@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from electra_bridge.schemas import SchemaError
 
@@ -56,8 +56,6 @@ def write_options(args: argparse.Namespace, to: str) -> dict:
 
 
 def _refuse_misplaced(given: dict, fmt: str, stage: str, what: str) -> None:
-    if fmt is None:
-        return
     declared = {o.dest for o in get_format(fmt).options if o.stage == stage} | {"config"}
     for dest in given:
         if dest not in declared:
