@@ -104,8 +104,10 @@ def _h5_layout(path) -> dict:
     out = {}
     with h5py.File(path) as f:
         out["/"] = {k: [str(x) for x in np.asarray(v).ravel()] for k, v in f.attrs.items()}
-        f.visititems(lambda name, obj: out.__setitem__(name, (
-            dict(obj.attrs), obj.shape, str(obj.dtype), obj[()].tobytes()) if hasattr(obj, "shape") else dict(obj.attrs)))
+        def visit(name, obj):
+            datasets = hasattr(obj, "shape")
+            out[name] = (dict(obj.attrs), obj.shape, str(obj.dtype), obj[()].tobytes()) if datasets else dict(obj.attrs)
+        f.visititems(visit)
     return out
 
 
@@ -120,10 +122,17 @@ def _assert_same_save(fmt: str, head: str, tmp_path) -> None:
         write(ckpt, ours, fmt, max_shard_size=size)
         names = _weight_files(theirs, weights)
         assert len(names) > 2 and names == _weight_files(ours, weights), (size, names)
-        assert (theirs / index).read_bytes() == (ours / index).read_bytes(), size
+        expected = (theirs / index).read_text()
+        if fmt == "h5":   # the Keras instance scope counts models per process (tf_electra_model_1 for the
+            # second), which transformers ignores on loading; ours is a fresh process's
+            from electra_bridge.converters.formats.h5 import TF_MODELS
+
+            scope = next(iter(json.loads(expected)["weight_map"])).partition("/")[0]
+            expected = expected.replace(f'"{scope}/', f'"{TF_MODELS[head][1]}/')
+        assert (ours / index).read_text() == expected, size
         if fmt == "h5":   # the same datasets, attributes and values, then the same bytes
             assert all(_h5_layout(theirs / n) == _h5_layout(ours / n) for n in names if n.endswith(".h5"))
-        assert all(filecmp.cmp(theirs / n, ours / n, shallow=False) for n in names), size
+        assert [n for n in names if n != index and not filecmp.cmp(theirs / n, ours / n, shallow=False)] == [], size
         assert_same_tensors(read(ours), ckpt)
         if size == 3000 and fmt == "h5":   # the word table comes first: transformers leaves an empty first shard
             assert shards.shard_name(weights, 0, len(names) - 1) not in json.loads((ours / index).read_text())[
@@ -259,6 +268,7 @@ def test_a_sharded_output_that_fails_verification_leaves_nothing(tmp_path, monke
 
     monkeypatch.setattr(pipeline, "write", corrupting_write)
     with pytest.raises(VerificationError) as err:
-        convert(spec.HF_SAFETENSORS / "pretraining", tmp_path / "out", "msgpack", write_options={"max_shard_size": 4096})
+        convert(spec.HF_SAFETENSORS / "pretraining", tmp_path / "out", "msgpack",
+                write_options={"max_shard_size": 4096})
     assert not err.value.report.ok
     assert list(tmp_path.iterdir()) == []
