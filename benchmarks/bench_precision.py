@@ -177,7 +177,7 @@ def head_model(head: str) -> Path:
     torch.manual_seed(0)
     cfg = transformers.ElectraConfig(vocab_size=30522, embedding_size=768, hidden_size=768, num_hidden_layers=12,
                                      num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
-                                     num_labels=3, is_decoder=head == "causal-lm")
+                                     num_labels=2 if head == "question-answering" else 3, is_decoder=head == "causal-lm")
     getattr(transformers, spec.HF_CLASS[head])(cfg).eval().save_pretrained(hf)
     return hf
 
