@@ -19,7 +19,7 @@ from electra_bridge.schemas import SchemaError
 GOOD = [  # (fixture folder, target, extra item keys)
     ("hf/base", "msgpack", {}),
     ("hf/pretraining", "h5", {}),
-    ("hf/masked-lm", "onnx", {"options": {"plain": True}}),
+    ("hf/masked-lm", "tf1", {}),
     ("hf/sequence-classification", "tf1", {"head": "base"}),
     ("hf-flax/question-answering", "safetensors", {}),
     ("hf-h5/token-classification", "msgpack", {}),

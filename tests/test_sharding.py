@@ -60,6 +60,7 @@ def test_plain_bytes_and_bad_sizes():
 CASES = ([40, 160, 40, 40], [160, 160, 40], [40, 40, 40, 40, 100], [100, 1, 99], [4, 8])
 
 
+@pytest.mark.requires("test")   # huggingface_hub comes with transformers
 @pytest.mark.parametrize("sizes", CASES)
 def test_hub_rule_is_huggingface_hubs_split(sizes):
     """An oversized tensor gets a shard of its own at once (the open one stays open)."""

@@ -26,7 +26,14 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 def missing_modules(extra: str | None) -> list[str]:
     if extra is None:
         return []
-    return [m for m in EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None]
+    return [m for m in EXTRA_MODULES[extra] if not _installed(m)]
+
+
+def _installed(module: str) -> bool:
+    # A folder of that name on sys.path (e.g. a project's own keras/ of fixtures) is found as a
+    # namespace package, which has no origin: that is not the framework.
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin is not None
 
 
 def require(extra: str | None, what: str) -> None:
