@@ -311,7 +311,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
     batch = user_inputs.load(inputs) if isinstance(inputs, (str, Path)) else (
         user_inputs.complete(inputs, "inputs") if inputs is not None else None)
     runners = [open_runner(p, runtime=runtime, **_declared(p, read_options)) for p in (a, b)]
-    source = "probe batch (seed 0)"
+    source = None
     if text is not None:
         cfg = runners[0].config
         batch = text_inputs.tokenize(_text_assets(runners, (a, b)), list(text),
@@ -332,7 +332,9 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]
         result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for,
                          min_agreement=min_agreement)
-    result.source, result.seconds = source, time.perf_counter() - started
+    if batch is not None:   # else compare() named its own inputs (the probe batch, or the precision rows)
+        result.source = source
+    result.seconds = time.perf_counter() - started
     write_report(result, report, plot)
     return result
 
