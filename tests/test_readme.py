@@ -17,7 +17,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def table(heading: str) -> list[list[str]]:
     """The rows (cells stripped, header and rule excluded) of the first table under ``## heading``."""
     section = README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+    first = section[section.index("\n|"):].split("\n\n", 1)[0]     # the table ends at the first blank line
+    lines = [line for line in first.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
