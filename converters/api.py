@@ -332,8 +332,7 @@ def verify(a: str | Path, b: str | Path, *, heads: Iterable[str] | None = None, 
         tracked = [progress.TrackedRunner(_track(r, bar), bar, label) for r, label in zip(runners, "AB")]
         result = compare(*tracked, heads=heads, atol=atol, rtol=rtol, batch_for=batch_for,
                          min_agreement=min_agreement)
-    if batch is not None:   # else compare() named its own inputs (the probe batch, or the precision rows)
-        result.source = source
+    result.source = source or result.source   # else compare()'s own: the probe batch, or the precision rows
     result.seconds = time.perf_counter() - started
     write_report(result, report, plot)
     return result

@@ -70,6 +70,8 @@ DEFAULT_OPSET, MIN_OPSET, MIN_FUSED_OPSET = 17, 15, 17
 MAX_OPSET = 28
 #: protobuf cannot serialize a message of 2 GiB; weights above this go to external data
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
+#: one weight is one TensorProto while the graph is built (tests/test_onnx_big.py: 2.18 GB, each below it)
+MAX_TENSOR_BYTES = 2 * 1024**3 - 1024**2
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: head -> inputs the graph defaults to zeros when not fed: Optimum's ORTModelForCausalLM feeds
 #: input_ids and attention_mask only (transformers' ElectraForCausalLM defaults token_type_ids to zeros)
@@ -280,6 +282,10 @@ def export(ckpt: Checkpoint, out: Path, *, opset: int | None = None, plain: bool
     if half == "float16" and quantize:
         raise SchemaError("--quantize int8 quantizes a float32 graph: drop --dtype float16 (or convert the "
                           "float16 checkpoint with --dtype float32 --quantize int8)")
+    for name, size in ((n, np.dtype(t.dtype).itemsize * int(np.prod(t.shape))) for n, t in ckpt.tensors.items()):
+        if size >= MAX_TENSOR_BYTES:   # a model above 2 GB whose tensors are each smaller is fine
+            raise SchemaError(f"{name} is {size / 2**30:.2f} GiB: the ONNX export builds each weight as one protobuf "
+                              "message, which cannot reach 2 GiB; use --dtype float16 to halve it, or another format")
     model = build_model(ckpt, opset=opset, hidden_states=bool(hidden_states))
     if not plain:
         from electra_bridge.runtimes.onnx_fuse import fuse
