@@ -106,17 +106,22 @@ def _unchunk(node: Mapping, where: str) -> np.ndarray:
         raise FormatError(f"{where}: malformed chunked array ({exc})") from None
 
 
-def _flatten(node: Mapping, source: str, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+def flatten(node: Mapping, source: str, *, unchunk: Callable[[Mapping, str], Any] = _unchunk,
+            leaves: type | tuple[type, ...] = np.ndarray, kind: Callable[[Any], str] = lambda v: type(v).__name__,
+            prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(``/``-joined name, leaf) of every leaf of a parameter tree; ``unchunk`` joins flax's chunked
+    arrays, ``leaves`` are the leaf types (arrays here, offsets in msgpack_lazy.py), anything else
+    is refused naming its ``kind``."""
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and CHUNKED in value:
-            value = _unchunk(value, f"{source}: {name}")
+            value = unchunk(value, f"{source}: {name}")
         if isinstance(value, Mapping):
-            yield from _flatten(value, source, name + SEP)
-        elif isinstance(value, np.ndarray):
+            yield from flatten(value, source, unchunk=unchunk, leaves=leaves, kind=kind, prefix=name + SEP)
+        elif isinstance(value, leaves):
             yield name, value
         else:
-            raise FormatError(f"{source}: entry {name!r} is a {type(value).__name__}, not an array; "
+            raise FormatError(f"{source}: entry {name!r} is a {kind(value)}, not an array; "
                               "this is not a transformers Flax parameter file")
 
 
@@ -146,7 +151,7 @@ def decode(source: bytes | bytearray | memoryview | BinaryIO) -> dict[str, np.nd
         raise FormatError(f"the msgpack top level is a {type(tree).__name__}, not a map of parameters")
     if unpacker.tell() != _size(fh):
         raise FormatError("extra data after the parameter map")
-    return dict(_flatten(tree, "msgpack"))
+    return dict(flatten(tree, "msgpack"))
 
 
 def read_file(path: Path) -> dict[str, np.ndarray]:

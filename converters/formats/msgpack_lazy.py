@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,7 +32,7 @@ import numpy as np
 from electra_bridge.schemas import FormatError
 
 from ..engine.format import NativeTensor
-from .msgpack_flax import _DTYPES, CHUNKED, EXT_COMPLEX, EXT_NDARRAY, EXT_NPSCALAR, SEP, payload_header
+from .msgpack_flax import _DTYPES, EXT_COMPLEX, EXT_NDARRAY, EXT_NPSCALAR, flatten, payload_header
 
 #: deeper than any parameter tree (flax nests by module path: ~8 levels for ELECTRA)
 MAX_DEPTH = 64
@@ -200,20 +200,6 @@ def _chunked(node: Mapping, where: str) -> _Chunks:
     return _Chunks(shape, parts[0].dtype, parts)
 
 
-def _flatten(node: Mapping, source: str, prefix: str = "") -> Iterator[tuple[str, _Leaf | _Chunks]]:
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and CHUNKED in value:
-            value = _chunked(value, f"{source}: {name}")
-        if isinstance(value, dict):
-            yield from _flatten(value, source, name + SEP)
-        elif isinstance(value, (_Leaf, _Chunks)):
-            yield name, value
-        else:
-            raise FormatError(f"{source}: entry {name!r} is a {_kind(value)}, not an array; "
-                              "this is not a transformers Flax parameter file")
-
-
 def _read(path: Path, leaf: _Leaf) -> np.ndarray:
     raw = np.empty(leaf.nbytes, dtype=np.uint8)
     with open(path, "rb") as fh:
@@ -248,7 +234,7 @@ def scan(path: Path) -> dict[str, NativeTensor]:
                     raise FormatError(f"the msgpack top level is a {_kind(tree)}, not a map of parameters")
                 if r.pos != size:
                     raise FormatError("extra data after the parameter map")
-                entries = dict(_flatten(tree, "msgpack"))
+                entries = dict(flatten(tree, "msgpack", unchunk=_chunked, leaves=(_Leaf, _Chunks), kind=_kind))
             except FormatError as exc:
                 raise FormatError(f"{path}: {exc}") from None
     except OSError as exc:
