@@ -39,22 +39,30 @@ def source_root(path: Path) -> Path:
     return confinement_root(path if path.is_dir() else path.parent)
 
 
+def _real(path: Path) -> Path | None:
+    """The real location of ``path`` (symlinks followed), or None when it has none (a NUL byte, a loop)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def within(path: Path, root: Path) -> bool:
     """The real location of ``path`` (symlinks followed) is inside ``confinement_root(root)``."""
-    root = confinement_root(root)
-    real = Path(path).resolve()
-    return real == root or root in real.parents
+    root, real = confinement_root(root), _real(path)
+    return real is not None and (real == root or root in real.parents)
 
 
 def confined(path: Path, root: Path, what: str = "file") -> Path:
     """``path`` if it is a regular file whose real location is inside ``root`` (widened to the
     repo folder when ``root`` is a hub cache snapshot); else FormatError."""
     path = Path(path)
-    root = confinement_root(root)
-    real = path.resolve()
-    if real != root and root not in real.parents:
-        raise FormatError(f"{path}: the {what} resolves to {real}, outside {root}; electra-bridge reads only "
+    if not within(path, root):
+        real = _real(path)
+        where = f"resolves to {real}, outside {confinement_root(root)}" if real is not None else "cannot be resolved"
+        raise FormatError(f"{path}: the {what} {where}; electra-bridge reads only "
                           "files inside the checkpoint's folder (copy the file there instead of a symlink)")
+    real = path.resolve()
     try:
         mode = os.stat(real).st_mode
     except OSError as exc:
