@@ -82,3 +82,9 @@ def precision_batch(cfg: ElectraConfig, head: str = "base", *, seed: int = 0) ->
         both = np.concatenate([padded, extra[key]])                                 # [B + 2, K, P]
         out[key] = both if spec.choices else both[:, 0, :]
     return out
+
+
+def verification_batch(cfg: ElectraConfig, head: str, reduced: bool) -> dict[str, np.ndarray]:
+    """What a comparison feeds both sides by default: ``precision_batch`` when a side is of reduced
+    precision (``PRECISION_DTYPES``), else ``probe_batch``."""
+    return (precision_batch if reduced else probe_batch)(cfg, head)

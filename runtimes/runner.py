@@ -19,6 +19,7 @@ from electra_bridge.schemas import (
     Checkpoint, ElectraConfig, LazyTensor, MissingDependencyError, SchemaError, get_head, materialize, runnable_heads,
 )
 
+from . import probe
 from .blas import contiguous
 from .forward import Result, forward
 
@@ -266,16 +267,11 @@ class PrecomputedRunner:
 
     @classmethod
     def on_probe_batches(cls, inner: Runner, reduced: bool = False) -> "PrecomputedRunner":
-        """``inner`` run on the batches compare feeds a pair of its config: the standard probe batch of
-        each head and, when a side is reduced precision (``reduced``, or ``inner``'s own dtype), the
-        precision batch where probe.py has one. A side of another config gets other batches: ``inner``
-        then runs again."""
-        from . import probe
-
-        precision = getattr(probe, "precision_batch", None)
-        extra = precision is not None and (reduced or inner.dtype in getattr(probe, "PRECISION_DTYPES", ()))
-        return cls(inner, {head: [probe.probe_batch(inner.config, head)]
-                           + ([precision(inner.config, head)] if extra else []) for head in inner.heads})
+        """``inner`` run on the batch compare feeds a pair of its config (probe.verification_batch):
+        the precision batch when a side is reduced precision (``reduced``, or ``inner``'s own dtype),
+        else the probe batch. Any other batch (another config's) makes ``inner`` run again."""
+        reduced = reduced or inner.dtype in probe.PRECISION_DTYPES
+        return cls(inner, {head: [probe.verification_batch(inner.config, head, reduced)] for head in inner.heads})
 
     name = property(lambda self: self.inner.name)
     runtime = property(lambda self: self.inner.runtime)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from electra_bridge.schemas import SchemaError
 
 from .precision import activation_peaks, agreement
-from .probe import PRECISION_DTYPES, precision_batch, probe_batch
+from .probe import PRECISION_DTYPES, verification_batch
 from .report import REPORT_FORMATS, Diff, HeadReport, Report, diff
 from .runner import Runner
 
@@ -122,11 +122,10 @@ def compare(a: Runner, b: Runner, *, heads: Iterable[str] | None = None, atol: f
     source = None
     if batch_for is None:
         reduced = any(r.dtype in PRECISION_DTYPES for r in (a, b))
-        make = precision_batch if reduced else probe_batch
         source = "probe batch (seed 0)" + (" + precision rows (long, repeated)" if reduced else "")
 
         def batch_for(head: str) -> dict:
-            return make(a.config, head)
+            return verification_batch(a.config, head, reduced)
     batches = {head: batch_for(head) for head in chosen}
     shapes = {f"{head}:{k}": list(v.shape) for head, batch in batches.items() for k, v in batch.items()}
     # One side at a time, releasing its weights before the other runs: peak memory is one model.
