@@ -17,8 +17,10 @@ Hashing streams each file in 1 MiB blocks, so memory stays flat.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -39,6 +41,15 @@ BLOCK = 1 << 20
 
 
 def sha256(path: Path) -> str:
+    """The file's sha256. Within one process a file is hashed once while it stays the same file
+    (device, inode, size, modification time): batch checks an item's source, then its convert
+    records the same digests."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, *identity: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(BLOCK):
