@@ -254,8 +254,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
         _write_verified(written_ckpt, out, to, force=force, check=check if verify else None,
                         options=dict(write_options or {}),
                         card=lambda result: model_card.files(
-                            written_ckpt, to, result.to_dict() if result is not None else None,
-                            dtype=(write_options or {}).get("quantize")),   # int8: what the graph stores
+                            written_ckpt, to, result, dtype=(write_options or {}).get("quantize")),   # int8: graph's
                         record=lambda: {"options": asked, "source_files": source_digests.result(),
                                         "tensors": dict(sorted(tensor_digests.items()))})
     return ConvertResult(out, ckpt, reports[0] if reports else None)

@@ -33,6 +33,7 @@ from pathlib import PurePath
 
 import numpy as np
 
+from electra_bridge.runtimes import Report
 from electra_bridge.schemas import Checkpoint, get_head
 
 from .engine import hf_cache
@@ -191,12 +192,12 @@ def stored_dtype(ckpt: Checkpoint) -> str:
     return "+".join(names) if names else "n/a"
 
 
-def files(ckpt: Checkpoint, fmt: str, report=None, *, dtype: str | None = None,
+def files(ckpt: Checkpoint, fmt: str, report: Report | None = None, *, dtype: str | None = None,
           tool_version: str | None = None) -> dict[str, bytes]:
-    """``{"README.md": card}`` for ``ckpt`` written as ``fmt``; ``report``: the Report (or its dict) of the
+    """``{"README.md": card}`` for ``ckpt`` written as ``fmt``; ``report``: the Report of the
     verification, None when unverified; ``dtype``: what the artifact stores when the writer changed it
     (an int8-quantized ONNX graph of a float32 checkpoint), else the checkpoint's stored dtype."""
-    data = report.to_dict() if hasattr(report, "to_dict") else report
+    data = report.to_dict() if report is not None else None
     if data is not None:   # side a of convert's check is this folder, still under its staging name
         data = {**data, "a": "this folder"}
     text = render(ckpt.hf_config.to_dict(), head=ckpt.head, fmt=fmt, dtype=dtype or stored_dtype(ckpt),
