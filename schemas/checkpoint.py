@@ -83,6 +83,17 @@ class Checkpoint:
     def with_(self, **changes) -> "Checkpoint":
         return replace(self, **changes)
 
+    def on_load(self, hook: Callable[[str, np.ndarray], None]) -> "Checkpoint":
+        """The same checkpoint whose tensors call ``hook(name, array)`` each time one is loaded
+        (progress ticks, checksums: what watches the loads costs no read of its own)."""
+        def wrap(name: str, t: TensorLike) -> LazyTensor:
+            def load() -> np.ndarray:
+                array = materialize(t)
+                hook(name, array)
+                return array
+            return LazyTensor(tuple(t.shape), np.dtype(t.dtype), load)
+        return self.with_(tensors={name: wrap(name, t) for name, t in self.tensors.items()})
+
     @property
     def hf_config(self) -> ElectraConfig:
         """The config.json a transformers class for this head expects."""

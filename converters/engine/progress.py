@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from electra_bridge.runtimes.forward import Result
 from electra_bridge.runtimes.runner import CheckpointRunner, Runner
-from electra_bridge.schemas import Checkpoint, ElectraConfig, LazyTensor, materialize
+from electra_bridge.schemas import Checkpoint, ElectraConfig
 
 _enabled: bool | None = None   # None: automatic (stderr is a TTY)
 
@@ -77,13 +77,7 @@ class Progress:
 
 def track_tensors(ckpt: Checkpoint, bar: Progress) -> Checkpoint:
     """The same checkpoint whose tensors tick ``bar`` once each time one is loaded."""
-    def wrap(t):
-        def load() -> np.ndarray:
-            arr = materialize(t)
-            bar.update()
-            return arr
-        return LazyTensor(tuple(t.shape), np.dtype(t.dtype), load)
-    return ckpt.with_(tensors={name: wrap(t) for name, t in ckpt.tensors.items()})
+    return ckpt.on_load(lambda name, array: bar.update())
 
 
 class TrackedRunner:

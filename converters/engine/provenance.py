@@ -27,7 +27,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from electra_bridge.schemas import Checkpoint, FormatError, LazyTensor, materialize
+from electra_bridge.schemas import Checkpoint, FormatError
 
 from . import hf_cache
 from .output import MARKER
@@ -93,13 +93,9 @@ def crc32c(array: np.ndarray) -> str:
 def digesting(ckpt: Checkpoint, sink: dict[str, dict]) -> Checkpoint:
     """The same checkpoint whose tensors, when the writer loads them, record {shape, dtype, crc32c}
     into ``sink``: the checksums cost no second read."""
-    def wrap(name: str, t):
-        def load() -> np.ndarray:
-            array = materialize(t)
-            sink[name] = {"shape": list(array.shape), "dtype": array.dtype.name, "crc32c": crc32c(array)}
-            return array
-        return LazyTensor(tuple(t.shape), np.dtype(t.dtype), load)
-    return ckpt.with_(tensors={name: wrap(name, t) for name, t in ckpt.tensors.items()})
+    def record(name: str, array: np.ndarray) -> None:
+        sink[name] = {"shape": list(array.shape), "dtype": array.dtype.name, "crc32c": crc32c(array)}
+    return ckpt.on_load(record)
 
 
 def asked(to: str, head: str | None, dtype: str | None, verify: bool, read_options: Mapping,
