@@ -45,7 +45,7 @@ def rows() -> list[Row]:
     out = []
     for fmt in all_formats():
         checkpoint = isinstance(fmt, CheckpointFormat)
-        missing = tuple(extras.missing_modules(fmt.extra)) if fmt.extra in extras.EXTRA_MODULES else ()
+        missing = tuple(extras.missing_modules(fmt.extra))
         out.append(Row(fmt.name, fmt.kind, checkpoint, True, not checkpoint, tuple(fmt.heads), fmt.extra, missing))
     return out
 
