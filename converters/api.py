@@ -17,7 +17,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +117,14 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
                     _complete_assets(ckpt, tmp)
             except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
                 raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
-            report = check(tmp) if check is not None else None
+            # the written files are hashed beside the check; the listing below re-hashes only the card's files
+            # (sha256 is memoized per file while it is unchanged)
+            written = provenance.in_background(provenance.written_digests, tmp) if check is not None else None
+            try:
+                report = check(tmp) if check is not None else None
+            finally:
+                if written is not None:
+                    written.exception()      # wait: hashing stops before a failed check's staging folder goes
         try:
             if card is not None:
                 assets.write_assets(tmp, {n: d for n, d in card(report).items() if not (tmp / n).exists()})
@@ -213,10 +219,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, fmt: str | None = None
     reports: list[Report] = []
     tensor_digests: dict[str, dict] = {}
     asked = provenance.asked(to, head, dtype, verify, read_options, write_options or {}, tokenizer)
-    # the source's digests are computed in a thread beside the conversion (hashlib releases the GIL)
-    hashing = ThreadPoolExecutor(1, thread_name_prefix="source-sha256")
-    source_digests = hashing.submit(provenance.source_digests, src)
-    hashing.shutdown(wait=False)
+    source_digests = provenance.in_background(provenance.source_digests, src)   # beside the conversion
     n = len(ckpt.tensors)
     # units: each tensor read (once: verified, the writer's arrays are kept for the source run), a run per head and side
     with progress.Progress(n + (2 * len(runnable_heads(ckpt.head)) if verify else 0), f"writing {to}") as bar:

@@ -21,8 +21,10 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import google_crc32c
 import numpy as np
@@ -38,6 +40,7 @@ SIDE_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.js
 
 
 BLOCK = 1 << 20
+T = TypeVar("T")
 
 
 def sha256(path: Path) -> str:
@@ -55,6 +58,16 @@ def _sha256(path: str, *identity: int) -> str:
         while block := f.read(BLOCK):
             digest.update(block)   # hashlib releases the GIL on large blocks: a hashing thread runs beside the work
     return digest.hexdigest()
+
+
+def in_background(fn: Callable[..., T], *args) -> Future[T]:
+    """``fn(*args)`` in a thread of its own. Hashing is what runs there: hashlib releases the GIL on
+    large blocks, so a source or a written file is hashed on the other core while the work goes on."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def digests(paths: Iterable[Path], root: Path) -> list[dict]:
