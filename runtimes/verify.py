@@ -54,11 +54,15 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("torch", "bfloat16"): (5e-2, 5e-2),
     ("tf", "bfloat16"): (5e-2, 5e-2),
     ("jax", "bfloat16"): (5e-2, 5e-2),
-    # Half torch artifacts (convert --to torchscript|torch-export --dtype) have no row of their own: they take
-    # their dtype's loosest row (tolerance() below), i.e. float16 (1e-2, 1e-2) and bfloat16 (5e-2, 5e-2).
-    # Their embeddings, matmuls and GELU round too, not only the weights (LayerNorm/softmax/mask stay float32):
-    # on the fixtures, every head, outputs and hidden states, float16 measured max-abs <= 3.9e-3 and bfloat16
-    # <= 3.4e-2 (tests/test_torch_half.py).
+    # Half torch artifacts (convert --to torchscript|torch-export --dtype): their embeddings, matmuls and GELU
+    # round too, not only the weights (LayerNorm/softmax/mask stay float32). On the fixtures, every head, outputs
+    # and hidden states, float16 measured max-abs <= 3.9e-3 and bfloat16 <= 3.4e-2 (tests/test_torch_half.py);
+    # at electra-base size, every head's outputs, float16 <= 3.9e-3 (4.3e-3 with hidden states) and bfloat16
+    # <= 3.2e-2 (bench_precision.py --part heads)
+    ("torchscript", "float16"): (1e-2, 1e-2),
+    ("torch-export", "float16"): (1e-2, 1e-2),
+    ("torchscript", "bfloat16"): (5e-2, 5e-2),
+    ("torch-export", "bfloat16"): (5e-2, 5e-2),
     # keras-hub's own ElectraBackbone (from_preset) against the erf reference: it hard-codes the tanh GELU,
     # measured 1.8e-4..2.6e-4 on the fixtures (1.2e-6 with erf swapped in), so this row bounds that known
     # approximation, not float error; a preset read back (hidden_act gelu_new) takes the float32 rows
