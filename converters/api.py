@@ -117,14 +117,12 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
                     _complete_assets(ckpt, tmp)
             except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
                 raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
-            # the written files are hashed beside the check; the listing below re-hashes only the card's files
-            # (sha256 is memoized per file while it is unchanged)
-            written = provenance.in_background(provenance.written_digests, tmp) if check is not None else None
+            # the written files are hashed beside the check (memoized: the listing below re-hashes the card's files)
+            hashed = provenance.in_background(provenance.written_digests, tmp)
             try:
                 report = check(tmp) if check is not None else None
             finally:
-                if written is not None:
-                    written.exception()      # wait: hashing stops before a failed check's staging folder goes
+                hashed.exception()   # wait: hashing ends before a failed check's staging folder goes
         try:
             if card is not None:
                 assets.write_assets(tmp, {n: d for n, d in card(report).items() if not (tmp / n).exists()})
