@@ -117,7 +117,7 @@ def _write_verified(ckpt: Checkpoint, out: Path, to: str, *, force: bool, check,
                     _complete_assets(ckpt, tmp)
             except OSError as exc:   # a full disk, RLIMIT_FSIZE, a read-only folder: nothing is left at OUT
                 raise FormatError(f"{out}: writing failed ({exc.strerror or exc}); nothing was written") from exc
-            # the written files are hashed beside the check (memoized: the listing below re-hashes the card's files)
+            # the written files are hashed beside the check, if any (memoized: the listing below hashes only the card)
             hashed = provenance.in_background(provenance.written_digests, tmp)
             try:
                 report = check(tmp) if check is not None else None
