@@ -83,7 +83,7 @@ def test_front_matter_per_format_and_head(fmt, head):
 
 @pytest.mark.parametrize("source, repo", [
     ("google/electra-base-generator", "google/electra-base-generator"),
-    ("/home/u/.cache/huggingface/hub/models--google--electra-small-discriminator/snapshots/" + "a" * 40,
+    ("/opt/hf-cache/hub/models--google--electra-small-discriminator/snapshots/" + "a" * 40,
      "google/electra-small-discriminator"),
     ("cache/models--bert-tiny", "bert-tiny"),
     ("/data/electra_base", None), ("./org/name", None), ("electra_base", None), ("a/b/c", None),
