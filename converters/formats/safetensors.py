@@ -7,25 +7,25 @@ sharded above ``--max-shard-size`` (default 5GB, as ``save_pretrained``) into
 Native names are the state-dict keys: the canonical name, with ``electra.`` in front of
 backbone tensors in head models (ElectraModel has no prefix). Layout is canonical already
 (torch.nn.Linear [out, in]). ``pytorch_model.bin`` stores the tied decoder again; the engine
-checks it equals the word embeddings and drops it. It is opened only with
-``torch.load(weights_only=True)``: a file that needs anything beyond tensors is refused,
-never executed.
+checks it equals the word embeddings and drops it. It is read by torch_zip.py, without torch:
+its restricted unpickler resolves only the globals a state dict of tensors needs, so a file that
+needs anything beyond tensors is refused, never executed; each tensor reads only its own bytes.
+(A legacy pre-1.6 non-zip file goes to ``torch.load(weights_only=True)``, when torch is installed.)
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from electra_bridge.schemas import ROWS, Checkpoint, FormatError, MissingDependencyError
+from electra_bridge.schemas import ROWS, Checkpoint, FormatError
 
 from ..engine import shards
 from ..engine.format import CheckpointFormat, NativeTensor, find_weights
 from ..engine.rules import Ignored, Rule
-from . import safetensors_file
+from . import safetensors_file, torch_zip
 
 SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -47,45 +47,15 @@ IGNORED = (
 
 
 def _load_bin(path: Path) -> dict[str, NativeTensor]:
-    try:
-        import torch
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"reading {path.name} needs PyTorch: pip install 'electra-bridge[torch]' (or convert from model.safetensors)"
-        ) from exc
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        lines = str(exc).strip().splitlines()
-        detail = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), lines[0] if lines else "")
-        raise FormatError(
-            f"refusing {path}: it contains pickled objects other than tensors ({detail.strip()}). "
-            "electra-bridge opens pytorch_model.bin only with torch.load(weights_only=True) and never runs pickled code; "
-            "re-save the weights as safetensors from a trusted environment"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise FormatError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    state = torch_zip.read(path)
     if not isinstance(state, dict):
         raise FormatError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     out = {}
     for name, t in state.items():
-        if not isinstance(t, torch.Tensor):
+        if not isinstance(t, (torch_zip.ZipTensor, torch_zip.ArrayTensor)):
             raise FormatError(f"{path}: entry {name!r} is a {type(t).__name__}, not a tensor")
-        out[name] = NativeTensor(name, tuple(t.shape), _dtype(t), lambda t=t: _to_numpy(t))
+        out[name] = NativeTensor(name, tuple(t.shape), t.dtype, t.load)
     return out
-
-
-def _dtype(t):
-    return _to_numpy(t.reshape(-1)[:0]).dtype
-
-
-def _to_numpy(t):
-    import ml_dtypes
-    import torch
-
-    if t.dtype == torch.bfloat16:   # numpy has no bfloat16: reinterpret the bits through ml_dtypes
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
 
 
 class SafetensorsCodec:
