@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+import zipfile
 
 import numpy as np
 import pytest
@@ -20,16 +20,20 @@ from hypothesis import strategies as st
 from helpers import spec
 
 from electra_bridge.converters.engine import shards
-from electra_bridge.converters.formats import msgpack_flax, tf1_bundle, tf1_table
+from electra_bridge.converters.formats import msgpack_flax, tf1_bundle, tf1_table, torch_zip
 from electra_bridge.schemas import BridgeError, ElectraConfig
 
-EXAMPLES = {"tf1-index": 300, "tf1-records": 400, "msgpack": 300, "h5": 120, "shard-index": 200, "config": 400,
-            "config-file": 200}
+EXAMPLES = {"tf1-index": 300, "tf1-records": 400, "msgpack": 300, "h5": 120, "bin": 200, "bin-pickle": 300,
+            "shard-index": 200, "config": 400, "config-file": 200}
 SETTINGS = dict(deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 TF1_INDEX = next((spec.TF1 / "pretraining").glob("*.index"))
 FLAX = spec.HF_FLAX / "masked-lm" / "flax_model.msgpack"
 H5 = spec.HF_H5 / "masked-lm" / "tf_model.h5"
+BIN = spec.HF_BIN / "masked-lm" / "pytorch_model.bin"
+with zipfile.ZipFile(BIN) as _zf:
+    BIN_RECORDS = {info.filename: _zf.read(info) for info in _zf.infolist()}
+BIN_PICKLE = next(name for name in BIN_RECORDS if name.endswith("/data.pkl"))
 
 
 def mutations(size: int):
@@ -105,6 +109,37 @@ def test_h5_datasets_read_or_refuse(tmp_path, m):
     try:
         for tensor in h5_keras.scan(path).values():
             tensor.load()
+    except BridgeError:
+        pass
+
+
+def _read_bin(path):
+    for tensor in torch_zip.read(path).values():
+        if isinstance(tensor, torch_zip.ZipTensor):   # anything else is refused by the format (_load_bin)
+            tensor.load()
+
+
+@settings(max_examples=EXAMPLES["bin"], **SETTINGS)
+@given(m=mutations(BIN.stat().st_size))
+def test_bin_archive_reads_or_refuses(tmp_path, m):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(mutate(BIN.read_bytes(), m))
+    try:
+        _read_bin(path)
+    except BridgeError:
+        pass
+
+
+@settings(max_examples=EXAMPLES["bin-pickle"], **SETTINGS)
+@given(m=mutations(len(BIN_RECORDS[BIN_PICKLE])))
+def test_bin_pickle_reads_or_refuses(tmp_path, m):
+    """The pickle record mutated inside a valid archive: the restricted unpickler's own ground."""
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in BIN_RECORDS.items():
+            zf.writestr(name, mutate(data, m) if name == BIN_PICKLE else data)
+    try:
+        _read_bin(path)
     except BridgeError:
         pass
 

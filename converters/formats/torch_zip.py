@@ -37,6 +37,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Callable
@@ -183,7 +184,8 @@ def read(path: Path) -> dict:
         with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
             return _read_zip(path, zf, raw)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error,
-            pickle.UnpicklingError, TypeError, IndexError, KeyError, AttributeError, RecursionError) as exc:
+            pickle.UnpicklingError, TypeError, IndexError, KeyError, AttributeError, RecursionError,
+            MemoryError) as exc:
         raise FormatError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from None
 
 
@@ -203,7 +205,12 @@ def _read_zip(path: Path, zf: zipfile.ZipFile, raw) -> dict:
     if order is not None and zf.read(order).strip() != b"little":
         raise FormatError(f"{path} was saved on a big-endian machine (byteorder {zf.read(order).strip()!r}); "
                           "electra-bridge reads little-endian torch archives only: re-save it on a little-endian one")
-    state = _Unpickler(io.BytesIO(zf.read(infos[f"{root}/data.pkl"])), path).load()
+    payload = zf.read(infos[f"{root}/data.pkl"])
+    # Walk the opcodes first (pure Python, reads nothing it is not given): a length prefix larger than
+    # the record is refused here as ValueError, where the C unpickler would first try to allocate it.
+    for _ in pickletools.genops(payload):
+        pass
+    state = _Unpickler(io.BytesIO(payload), path).load()
     if not isinstance(state, dict):
         return state
     size = path.stat().st_size
