@@ -14,7 +14,7 @@ import pytest
 
 from helpers import HEADS, assert_same_tensors, golden, max_abs, run_cli, run_python, spec
 
-from electra_bridge.converters import FORMATS, convert, detect_format, get_format, read, write
+from electra_bridge.converters import convert, detect_format, get_format, read, write
 from electra_bridge.converters.engine import pipeline
 from electra_bridge.converters.engine.rules import ignored_reason
 from electra_bridge.converters.formats import h5, h5_keras

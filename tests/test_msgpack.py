@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, HEADS, assert_same_tensors, golden, max_abs, run_cli, run_python
 
-from electra_bridge.converters import FORMATS, convert, detect_format, inspect, read, write
+from electra_bridge.converters import convert, detect_format, inspect, read, write
 from electra_bridge.converters.formats import msgpack as flax_format
 from electra_bridge.converters.formats import msgpack_flax
 from electra_bridge.schemas import FormatError, SchemaError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import HEADS, requires, run_cli, spec
 
-from electra_bridge.converters import VerificationError, convert, inspect, read, verify
+from electra_bridge.converters import convert, inspect, read, verify
 from electra_bridge.converters.engine import pipeline
 from electra_bridge.runtimes import CheckpointRunner, compare, probe_batch
 from electra_bridge.runtimes.precision import activation_peaks, agreement
