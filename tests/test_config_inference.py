@@ -20,16 +20,11 @@ from electra_bridge.schemas import SchemaError
 INFERABLE = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "intermediate_size",
              "max_position_embeddings", "type_vocab_size", "tie_word_embeddings")
 SOURCES = {"safetensors": spec.HF_SAFETENSORS, "bin": spec.HF_BIN, "h5": spec.HF_H5, "msgpack": spec.HF_FLAX}
-#: pytorch_model.bin is read with torch.load(weights_only=True)
-NEEDS = {"bin": "torch"}
 
 
 def _params(heads=HEADS):
-    out = []
-    for name, root in SOURCES.items():
-        marks = [requires(NEEDS[name])] if name in NEEDS else []
-        out += [pytest.param(name, h, id=f"{name}-{h}", marks=marks) for h in heads if (root / h).is_dir()]
-    return out
+    return [pytest.param(name, h, id=f"{name}-{h}") for name, root in SOURCES.items() for h in heads
+            if (root / h).is_dir()]
 
 
 def _without_config(root: Path, head: str, tmp_path: Path) -> Path:
@@ -82,7 +77,6 @@ def test_untied_decoder_is_inferred_untied(tmp_path):
     assert read(untied).config.tie_word_embeddings is False
 
 
-@requires("torch")
 def test_a_stored_tied_alias_is_inferred_tied(tmp_path):
     """pytorch_model.bin stores generator_lm_head.weight beside the word table it equals."""
     assert read(_without_config(spec.HF_BIN, "masked-lm", tmp_path)).config.tie_word_embeddings is True

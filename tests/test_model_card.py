@@ -120,7 +120,6 @@ def rows(text: str) -> dict[tuple[str, str], list[str]]:
     return found
 
 
-@pytest.mark.requires("torch")   # B is the pytorch_model.bin fixture
 @pytest.mark.parametrize("head", HEADS)
 def test_real_report_renders_every_output(head):
     report = verify(FIXTURES / "hf" / head, FIXTURES / "hf-bin" / head).to_dict()

@@ -35,10 +35,8 @@ def hf(head: str):
 
 def _source_params():
     for fmt, head, folder, same in spec.checkpoint_fixtures():
-        extras = [get_format(fmt).extra, "torch" if (folder / "pytorch_model.bin").exists()
-                  or (folder / "pytorch_model.bin.index.json").exists() else None]
         yield pytest.param(fmt, head, folder, same, id=f"{fmt}:{folder.parent.name}/{folder.name}",
-                           marks=_extra_marks(*extras))
+                           marks=_extra_marks(get_format(fmt).extra))
 
 
 SOURCES = list(_source_params())
@@ -102,8 +100,7 @@ def test_every_rule_is_used_by_some_fixture(fmt):
     spec_ = get_format(fmt)
     if extras.missing_modules(spec_.extra):    # reading keras needs its extra, as the format declares
         pytest.skip(f"reading {fmt} needs the {spec_.extra} extra")
-    folders = [folder for f, _, folder, _ in spec.checkpoint_fixtures()
-               if f == fmt and not (folder / "pytorch_model.bin").exists()]   # .bin needs torch; same names
+    folders = [folder for f, _, folder, _ in spec.checkpoint_fixtures() if f == fmt]
     used = set()
     for folder in folders:
         ckpt = read(folder, fmt)
