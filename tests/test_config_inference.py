@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import HEADS, requires, spec
+from helpers import HEADS, spec
 
 from electra_bridge.converters import convert, read, verify
 from electra_bridge.converters.engine import config_inference
