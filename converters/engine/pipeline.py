@@ -279,8 +279,8 @@ def native_tensors(fmt: CheckpointFormat, ckpt: Checkpoint) -> list[NativeTensor
     for canonical, b in bind(rules, ckpt.config, ckpt.head).items():
         tensor = ckpt.tensors[canonical]
         name = prefix + b.native if canonical in backbone else b.native
-        # a layout change is a transposed view; blas.contiguous copies it with OpenBLAS's omatcopy
-        # (bit-identical, ~18x faster than numpy's strided copy at [768, 3072]) before the writer sees it
+        # writers get C-contiguous arrays: a layout change copies already (rules.TRANSPOSE, by OpenBLAS's
+        # omatcopy); blas.contiguous copies any other strided view and returns a contiguous array as is
         out.append(NativeTensor(name, b.native_shape, np.dtype(tensor.dtype),
                                 lambda t=tensor, b=b: blas.contiguous(b.layout.to_native(materialize(t)))))
     return out
