@@ -200,7 +200,7 @@ class Retained:
     def _keep(self, name: str, tensor) -> np.ndarray:
         arr = self._arrays.get(name)
         if arr is None:
-            arr = contiguous(materialize(tensor))   # TF1/h5/msgpack kernels: a transposed view, copied once
+            arr = contiguous(materialize(tensor))   # a strided view copied once (rules.TRANSPOSE arrives contiguous)
             if self._kept:
                 self._arrays[name] = arr
         return arr
