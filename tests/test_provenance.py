@@ -45,6 +45,26 @@ def test_record_holds_the_digests_of_source_written_files_and_tensors(tmp_path):
     assert record["options"]["to"] == "safetensors" and record["verification"]["ok"] is True
 
 
+def test_tensor_checksums_equal_the_library_on_the_c_order_bytes_without_copying_them():
+    """provenance.crc32c hands the array's own buffer to google_crc32c: the digest of ``tobytes()``
+    for every stored dtype, a transposed view (its C-order bytes) and an empty tensor; no copy of a
+    contiguous tensor is made."""
+    import tracemalloc
+
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 70)).astype(np.float32)
+    for array in (base, base.T, base.astype(np.float16), base.astype(ml_dtypes.bfloat16), base[:0]):
+        assert provenance.crc32c(array) == f"{google_crc32c.value(array.tobytes()):08x}"
+    big = rng.standard_normal((1024, 1024)).astype(np.float32)
+    tracemalloc.start()
+    provenance.crc32c(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < big.nbytes / 100
+
+
 def test_verify_provenance_names_every_changed_missing_and_added_file(tmp_path):
     out = tmp_path / "out"
     convert(HF, out, "msgpack")

@@ -184,3 +184,29 @@ def test_every_format_writes_and_reads_one_tensor_at_a_time(bigger, tmp_path, fm
     assert write_peak < 2 * largest + (1 << 20)            # one tensor (and a layout copy of it), never the model
     assert list_peak < size / 20
     assert load_peak < 2.5 * one.nbytes + (256 << 10)     # the bytes, a transposed copy, the finiteness mask
+
+
+def test_the_finite_check_refuses_past_its_first_chunk_without_a_tensor_sized_temporary():
+    """pipeline.check_finite walks a tensor a chunk at a time: a NaN or Inf anywhere is named with its
+    count and first index, in every stored dtype, and a finite tensor costs no temporary near its size."""
+    import ml_dtypes
+
+    from electra_bridge.converters.engine.pipeline import FINITE_CHUNK, check_finite
+
+    rows = 3 * FINITE_CHUNK // 512 + 7          # three chunks and a ragged tail
+    for dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
+        arr = np.zeros((rows, 512), dtype=dtype)
+        tracemalloc.start()
+        check_finite(arr, "w", "src")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < FINITE_CHUNK + 65536 < arr.size, (dtype, peak)   # the scratch, not a bool per element
+        for value, where in ((np.nan, (rows - 1, 511)), (np.inf, (2 * FINITE_CHUNK // 512 + 1, 3)),
+                             (-np.inf, (0, 0))):
+            bad = arr.copy()
+            bad[where] = value
+            bad[rows - 1, 0] = value
+            with pytest.raises(FormatError, match=rf"src: tensor w holds 2 NaN/Inf values \(first at index "
+                                                  rf"\[{min(where, (rows - 1, 0))[0]}, {min(where, (rows - 1, 0))[1]}\]\)"):
+                check_finite(bad, "w", "src")
+    check_finite(np.zeros((0, 3), np.float32), "empty", "src")

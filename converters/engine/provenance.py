@@ -29,6 +29,7 @@ from typing import TypeVar
 import google_crc32c
 import numpy as np
 
+from electra_bridge.runtimes import blas
 from electra_bridge.schemas import Checkpoint, FormatError
 
 from . import hf_cache
@@ -100,7 +101,10 @@ def written_digests(folder: Path) -> list[dict]:
 
 
 def crc32c(array: np.ndarray) -> str:
-    return f"{google_crc32c.value(np.ascontiguousarray(array).tobytes()):08x}"
+    """crc32c of ``array``'s C-order bytes, as hex. The library reads the array's buffer in place
+    (a uint8 view: ml_dtypes types such as bfloat16 export no buffer format); ``tobytes()`` would
+    copy every tensor once more, a fresh allocation as large as the checkpoint over a conversion."""
+    return f"{google_crc32c.extend(0, blas.contiguous(array).reshape(-1).view(np.uint8)):08x}"
 
 
 def digesting(ckpt: Checkpoint, sink: dict[str, dict]) -> Checkpoint:
