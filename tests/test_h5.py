@@ -58,6 +58,33 @@ def test_read_transformers_h5_is_bit_equal_to_the_pytorch_original(head):
     assert "vocab.txt" in ours.assets
 
 
+def test_the_loads_of_one_scan_share_a_file_handle_closed_once_its_tensors_are_dropped(tmp_path, monkeypatch):
+    import gc
+
+    src = tmp_path / "tf_model.h5"
+    shutil.copy(H5 / "masked-lm" / "tf_model.h5", src)
+    opened = []
+    real_open = h5_keras.open_file
+    monkeypatch.setattr(h5_keras, "open_file", lambda path: opened.append(path) or real_open(path))
+    tensors = h5_keras.scan(src)
+    opened.clear()
+    with h5py.File(H5 / "masked-lm" / "tf_model.h5", "r") as f:
+        expect = {ds.name: ds[()] for ds in (o for _, o in _datasets(f))}
+    loaded = [t.load() for t in tensors.values()]
+    assert opened == [src] and len(loaded) == len(expect) > 10        # one open for every load
+    assert sorted(a.tobytes() for a in loaded) == sorted(a.tobytes() for a in expect.values())
+    del tensors, loaded
+    gc.collect()
+    with h5py.File(src, "w") as f:      # HDF5 refuses to truncate a file this process still has open
+        f["x"] = np.zeros(1)
+
+
+def _datasets(f):
+    found = []
+    f.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
 def test_masked_lm_file_stores_the_embeddings_twice_and_we_drop_the_declared_alias():
     with h5py.File(H5 / "masked-lm" / "tf_model.h5") as f:
         listed = h5_keras.load_attribute(f["generator_lm_head"], "weight_names")
