@@ -134,7 +134,7 @@ def test_bfloat16_safetensors_keeps_its_dtype(tmp_path):
     from safetensors.torch import save_file
 
     ckpt = read(spec.HF_SAFETENSORS / "base")
-    bf16 = {n: torch.from_numpy(a).to(torch.bfloat16) for n, a in ckpt.arrays().items()}  # base: no prefix
+    bf16 = {n: torch.from_numpy(np.array(a)).to(torch.bfloat16) for n, a in ckpt.arrays().items()}  # base: no prefix
     save_file(bf16, tmp_path / "model.safetensors", metadata={"format": "pt"})
     shutil.copy(spec.HF_SAFETENSORS / "base" / "config.json", tmp_path)
     back = read(tmp_path)

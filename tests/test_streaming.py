@@ -210,3 +210,33 @@ def test_the_finite_check_refuses_past_its_first_chunk_without_a_tensor_sized_te
                                                   rf"\[{min(where, (rows - 1, 0))[0]}, {min(where, (rows - 1, 0))[1]}\]\)"):
                 check_finite(bad, "w", "src")
     check_finite(np.zeros((0, 3), np.float32), "empty", "src")
+
+
+def test_tensor_bytes_are_a_read_only_mapping_that_ends_with_the_array(tmp_path):
+    """engine/files.mapped_bytes, what every reader loads a tensor with: the file's bytes at any offset
+    (unaligned to a page too), read-only, no Python allocation near their size, None past the end,
+    and the mapping gone from /proc/self/maps once the array and its views are."""
+    from electra_bridge.converters.engine.files import mapped_bytes
+
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)
+    path = tmp_path / "blob"
+    path.write_bytes(data.tobytes())
+
+    def maps() -> int:
+        return sum(str(path) in line for line in open("/proc/self/maps"))
+
+    for offset, n in ((0, data.size), (4097, 1 << 20), (data.size - 3, 3)):
+        tracemalloc.start()
+        got = mapped_bytes(path, offset, n)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert np.array_equal(got, data[offset:offset + n]) and not got.flags.writeable and peak < 65536
+        view = got.view(np.uint8)[1:]
+        del got
+        gc.collect()
+        assert maps() == 1 and view[0] == data[offset + 1]
+        del view
+        gc.collect()
+        assert maps() == 0
+    assert mapped_bytes(path, data.size - 3, 4) is None and mapped_bytes(path, -1, 1) is None
+    assert mapped_bytes(path, data.size, 0).size == 0

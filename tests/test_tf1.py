@@ -104,7 +104,7 @@ def test_reader_is_bit_exact_with_tensorflows_reader_for_every_tensor(fixture):
     for name in ours.entries:
         a, b = ours.read(name), theirs.get_tensor(name)
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name
-        assert a.flags.writeable
+        assert not a.flags.writeable or not a.size   # a read-only mapping of the file (engine/files.py)
 
 
 def test_read_and_convert_run_with_tensorflow_unimportable(tmp_path):

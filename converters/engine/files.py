@@ -9,14 +9,17 @@ engine/hf_cache.py) every file is a symlink into ``models--org--name/blobs/``, s
 read is confined to is the ``models--org--name`` folder; a link leaving that is refused as ever.
 ``within`` is the location test alone (a shard index's file names: inside the index's folder, the
 cache repo folder for a cache snapshot). ``read_small`` reads a small side file (index, state file)
-with a size limit, never blocking.
+with a size limit, never blocking. ``mapped_bytes`` is how every reader takes a tensor's bytes.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from pathlib import Path
+
+import numpy as np
 
 from electra_bridge.schemas import FormatError
 from electra_bridge.schemas.files import read_regular
@@ -75,3 +78,25 @@ def confined(path: Path, root: Path, what: str = "file") -> Path:
 def read_small(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
     """The bytes of a regular side file of at most ``limit`` bytes (opened non-blocking: a FIFO never blocks)."""
     return read_regular(path, limit)
+
+
+def mapped_bytes(path: Path, offset: int, nbytes: int) -> np.ndarray | None:
+    """Bytes ``offset .. offset + nbytes`` of ``path`` as a read-only uint8 array mapped from the file
+    (None when the file ends before them; an empty array for ``nbytes == 0``).
+
+    A mapping, not a read: the array is the page cache's own pages, so loading a tensor allocates no
+    memory and copies nothing (reading into a fresh array did both, and on a VM first-touched memory
+    is the slow part of a conversion). Each array holds its own mapping, unmapped when the array and
+    every view of it are gone, so a tensor's pages leave the process's RSS when the tensor does, as a
+    read array's would. The file must not be truncated while its arrays live (SIGBUS, as for any
+    mapping); the size is checked when the mapping is made."""
+    if nbytes == 0:
+        return np.empty(0, dtype=np.uint8)
+    with open(path, "rb") as fh:
+        if offset < 0 or offset + nbytes > os.fstat(fh.fileno()).st_size:
+            return None
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        view = mmap.mmap(fh.fileno(), offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
+    if hasattr(mmap, "MADV_WILLNEED"):
+        view.madvise(mmap.MADV_WILLNEED)   # read ahead now: a file not yet cached is read in large requests
+    return np.frombuffer(view, dtype=np.uint8, count=nbytes, offset=offset - start)

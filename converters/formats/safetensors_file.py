@@ -23,9 +23,10 @@ differential test (tests/test_safetensors_file.py) checks this against the libra
   begins where the previous ended, each spans exactly prod(shape) x bits / 8 bytes (no
   u64 overflow on the way, whole bytes for F4/F6), and the last ends at the file's end.
 
-Reading hands out ``NativeTensor``s; each load reads that tensor's byte range straight into
-a fresh array (one copy, no mmap: mapped pages stay in the process's RSS as long as the
-map lives, which doubled verify's peak memory). BF16 comes back as ``ml_dtypes.bfloat16``
+Reading hands out ``NativeTensor``s; each load maps that tensor's byte range read-only
+(engine/files.py ``mapped_bytes``: no copy, no fresh memory; one mapping per tensor, so its
+pages leave the RSS with the tensor -- a mapping of the whole file would keep every page
+touched, which once doubled verify's peak memory). BF16 comes back as ``ml_dtypes.bfloat16``
 (a view of the stored bits), F8 as the ml_dtypes float8 types. Packed sub-byte tensors
 (F4, F6_*) are listed but refused on load. Writing streams one tensor at a time, so peak
 memory is one tensor, not the model.
@@ -46,6 +47,7 @@ import numpy as np
 
 from electra_bridge.schemas import FormatError
 
+from ..engine import files
 from ..engine.format import NativeTensor
 
 #: the library's dtype names -> (numpy dtype, bits per element)
@@ -326,11 +328,9 @@ class SafetensorsFile:
             raise FormatError(f"{self.path}: tensor {name!r} is {e['dtype']}, packed below one byte per element; "
                               "numpy cannot hold it")
         begin, end = e["data_offsets"]
-        raw = np.empty(end - begin, dtype=np.uint8)
-        with open(self.path, "rb") as fh:
-            fh.seek(self._start + begin)
-            if (fh.readinto(memoryview(raw)) if raw.size else 0) != raw.size:
-                raise FormatError(f"{self.path} is truncated: tensor {name!r} runs past its end")
+        raw = files.mapped_bytes(self.path, self._start + begin, end - begin)
+        if raw is None:
+            raise FormatError(f"{self.path} is truncated: tensor {name!r} runs past its end")
         try:
             arr = raw.view(dtype.newbyteorder("<")).reshape(e["shape"])
         except ValueError as exc:   # an empty tensor whose shape numpy cannot index

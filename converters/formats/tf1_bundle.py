@@ -9,8 +9,8 @@
   the entry's ``crc32c`` is the masked crc32c of exactly those bytes.
 * A folder's ``checkpoint`` file (a text proto) names the latest prefix.
 
-Reading is lazy: ``BundleReader`` parses only the index; ``read(name)`` reads one tensor's
-byte range into a fresh buffer, checks its checksum and returns a writable array in its
+Reading is lazy: ``BundleReader`` parses only the index; ``read(name)`` maps one tensor's
+byte range read-only (engine/files.py ``mapped_bytes``), checks its checksum and returns it in its
 stored dtype (bfloat16 as ``ml_dtypes.bfloat16``), so tensors nobody asks for (optimizer
 slots) are never read. Writing streams one tensor at a time into one shard and produces what
 TensorFlow's own ``BundleWriter`` produces.
@@ -29,7 +29,7 @@ import numpy as np
 
 from electra_bridge.schemas import FormatError, TensorLike
 
-from ..engine.files import confined
+from ..engine.files import confined, mapped_bytes
 from .tf1_table import build_table, crc32c, encode_varint, has_table_magic, mask, read_table, read_varint, unmask
 
 BUNDLE_VERSION = 1             # kTensorBundleVersion; we read bundles whose min_consumer allows it
@@ -319,11 +319,8 @@ class BundleReader:
         shard = self.shard_path(e.shard_id)
         if e.offset < 0 or e.offset + e.size > shard.stat().st_size:  # checked before allocating
             raise FormatError(f"{shard} is truncated: {name} needs bytes {e.offset}..{e.offset + e.size}")
-        buf = np.empty(e.size, dtype=np.uint8)
-        with open(shard, "rb") as fh:
-            fh.seek(e.offset)
-            got = fh.readinto(memoryview(buf)) if e.size else 0
-        if got != e.size:
+        buf = mapped_bytes(shard, e.offset, e.size)
+        if buf is None:
             raise FormatError(f"{shard} is truncated: {name} needs bytes {e.offset}..{e.offset + e.size}")
         actual = crc32c(buf)
         if actual != unmask(e.crc32c):

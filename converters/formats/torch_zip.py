@@ -26,8 +26,8 @@ sparse or quantized tensors) raises FormatError before anything is called. Nothi
 ever executed and torch is never imported (except for the pre-1.6 legacy format, which is handed to
 ``torch.load(weights_only=True)`` when torch is installed).
 
-Tensors are lazy: reading the archive costs its pickle only; ``load()`` reads that tensor's span of
-its record with one file read into a fresh array (non-contiguous views are gathered with
+Tensors are lazy: reading the archive costs its pickle only; ``load()`` maps that tensor's span of
+its record read-only (engine/files.py ``mapped_bytes``; non-contiguous views are gathered with
 ``as_strided`` and copied), so views sharing a storage each read only their own bytes.
 """
 
@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from electra_bridge.schemas import FormatError, MissingDependencyError
+
+from ..engine import files
 
 
 def _bfloat16() -> np.dtype:
@@ -110,12 +112,11 @@ class ZipTensor:
             return np.empty(self.shape, self.dtype)
         # torch strides are never negative: the span runs from storage_offset to the last element
         span = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
-        buf = np.empty(span, self.dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_offset + self.storage_offset * self.dtype.itemsize)
-            got = f.readinto(memoryview(buf.view(np.uint8)))
-        if got != buf.nbytes:
+        raw = files.mapped_bytes(self.path, self.data_offset + self.storage_offset * self.dtype.itemsize,
+                                 span * self.dtype.itemsize)
+        if raw is None:
             raise FormatError(f"{self.path} is truncated: storage {self.key} ends before tensor's bytes")
+        buf = raw.view(self.dtype)
         view = np.lib.stride_tricks.as_strided(
             buf, self.shape, tuple(s * self.dtype.itemsize for s in self.stride), writeable=False)
         if span == numel and view.flags.c_contiguous:
