@@ -9,7 +9,8 @@ engine/hf_cache.py) every file is a symlink into ``models--org--name/blobs/``, s
 read is confined to is the ``models--org--name`` folder; a link leaving that is refused as ever.
 ``within`` is the location test alone (a shard index's file names: inside the index's folder, the
 cache repo folder for a cache snapshot). ``read_small`` reads a small side file (index, state file)
-with a size limit, never blocking. ``mapped_bytes`` is how every reader takes a tensor's bytes.
+with a size limit, never blocking. ``mapped_bytes`` is how the safetensors, .bin and TF1 readers take
+a tensor's bytes.
 """
 
 from __future__ import annotations
