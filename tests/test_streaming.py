@@ -240,3 +240,18 @@ def test_tensor_bytes_are_a_read_only_mapping_that_ends_with_the_array(tmp_path)
         assert maps() == 0
     assert mapped_bytes(path, data.size - 3, 4) is None and mapped_bytes(path, -1, 1) is None
     assert mapped_bytes(path, data.size, 0).size == 0
+
+
+def test_tensors_read_from_safetensors_bin_and_tf1_are_read_only_mappings_and_copies_are_free_to_change():
+    """What the README's Python API section says: a canonical-layout tensor read from these files is a
+    read-only array mapped from the file; a copy is an ordinary array."""
+    for path, name in ((FIXTURES / "hf" / "masked-lm", "embeddings.word_embeddings.weight"),
+                       (FIXTURES / "hf-bin" / "masked-lm", "embeddings.word_embeddings.weight"),
+                       (FIXTURES / "tf1" / "pretraining", "embeddings.word_embeddings.weight")):
+        arr = read(path).array(name)
+        assert not arr.flags.writeable and not arr.flags.owndata, path
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0, 0] = 1.0
+        mine = np.array(arr)
+        mine[0, 0] = 1.0
+        assert mine[0, 0] == 1.0
