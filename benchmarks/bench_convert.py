@@ -21,7 +21,8 @@ child process (wall time around it; peak RSS from ``os.wait4``'s rusage of that 
       msgpack:     ``load_flax_checkpoint_in_pytorch_model`` + ``save_pretrained``
   * cp floor:      ``cp`` of the weights file ours wrote (warm page cache): the bytes' own cost
 
-Rounds are round-robin (noise hits every contestant alike); medians of ``--repeats`` rounds are
+Rounds are round-robin, each starting with the next contestant (noise hits every contestant alike,
+and none always runs right after another); medians of ``--repeats`` rounds are
 reported with the ratio transformers / ours (target >= 10x) and peak RSS against 1.1 x the written
 weights + 200 MB. Ours and transformers' outputs of round 1 are then compared with
 ``electra-bridge verify`` (they must be EQUAL). Thread settings: ``--threads N`` sets
@@ -128,7 +129,11 @@ def run_case(case: str, size: str, repeats: int, env: dict, runs: Path) -> dict:
     rounds: dict[str, list[dict]] = {}
     loads = []
     for i in range(repeats):
-        for name, make in contestants(kind, src, to, size).items():
+        order = list(contestants(kind, src, to, size).items())
+        # each round starts with the next contestant, so every one runs in every position: on a VM what a
+        # child costs depends on what ran just before (fresh memory is slow to back), and with a fixed
+        # order ours ran fastest in round 1, right after the page-cache warm-up, and slower after transformers'
+        for name, make in order[i % len(order):] + order[:i % len(order)]:
             out = runs / f"{case.replace(':', '-')}-{''.join(c for c in name if c.isalnum())}-{i}"
             r = measure(make(out), runs / f"{out.name}.log", env)
             rounds.setdefault(name, []).append(r)
