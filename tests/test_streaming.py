@@ -255,3 +255,43 @@ def test_tensors_read_from_safetensors_bin_and_tf1_are_read_only_mappings_and_co
         mine = np.array(arr)
         mine[0, 0] = 1.0
         assert mine[0, 0] == 1.0
+
+
+def test_past_the_mapping_budget_tensor_bytes_are_read_read_only_and_the_budget_comes_back(tmp_path, monkeypatch):
+    """Each mapping holds a file descriptor: beyond files.map_budget() live mappings the bytes are read
+    instead (equal, read-only, no mapping), and dropping the mapped arrays frees their budget."""
+    from electra_bridge.converters.engine import files
+
+    data = np.arange(1 << 16, dtype=np.uint8)
+    path = tmp_path / "blob"
+    path.write_bytes(data.tobytes())
+    gc.collect()
+    budget = files._maps["live"] + 2
+    monkeypatch.setattr(files, "map_budget", lambda: budget)
+    held = [files.mapped_bytes(path, 4096 * i, 4096) for i in range(5)]
+    mapped = sum(str(path) in line for line in open("/proc/self/maps"))
+    assert mapped == 2 and all(not a.flags.writeable for a in held)
+    assert all(np.array_equal(a, data[4096 * i:4096 * (i + 1)]) for i, a in enumerate(held))
+    before = files._maps["live"]
+    del held
+    gc.collect()
+    assert files._maps["live"] == before - 2
+
+
+def test_a_conversion_runs_under_a_low_file_descriptor_limit(tmp_path):
+    """The CLI as a user with ``ulimit -n 40`` runs it: the 43 tensors of the fixture, kept for the check,
+    would hold 43 descriptors mapped; past files.map_budget() they are read instead."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    exe = Path(sys.executable).parent / "electra-bridge"
+    proc = subprocess.run([str(exe), "convert", str(FIXTURES / "hf" / "pretraining"), str(tmp_path / "out"),
+                           "--to", "safetensors", "--quiet"], capture_output=True, text=True, preexec_fn=low_limit,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists()

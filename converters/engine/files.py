@@ -18,6 +18,8 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -81,23 +83,62 @@ def read_small(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
     return read_regular(path, limit)
 
 
+#: mappings alive at once, at most, as a share of the file-descriptor limit: Python's mmap keeps a
+#: duplicate descriptor per mapping, and electra-large's 393 tensors would pass a soft limit of 256
+#: (macOS's default) on their own
+MAP_SHARE_OF_FD_LIMIT = 4
+_maps = {"live": 0}
+_maps_lock = threading.Lock()
+
+
+def map_budget() -> int:
+    """How many tensor mappings may be alive at once (a quarter of the soft RLIMIT_NOFILE)."""
+    try:
+        import resource
+    except ImportError:   # not a POSIX system
+        return 64
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(soft // MAP_SHARE_OF_FD_LIMIT, 0)
+
+
+def _unmapped() -> None:
+    with _maps_lock:
+        _maps["live"] -= 1
+
+
 def mapped_bytes(path: Path, offset: int, nbytes: int) -> np.ndarray | None:
-    """Bytes ``offset .. offset + nbytes`` of ``path`` as a read-only uint8 array mapped from the file
-    (None when the file ends before them; an empty array for ``nbytes == 0``).
+    """Bytes ``offset .. offset + nbytes`` of ``path`` as a read-only uint8 array (None when the file
+    ends before them; an empty array for ``nbytes == 0``), mapped from the file where it can be.
 
     A mapping, not a read: the array is the page cache's own pages, so loading a tensor allocates no
     memory and copies nothing (reading into a fresh array did both, and on a VM first-touched memory
     is the slow part of a conversion). Each array holds its own mapping, unmapped when the array and
     every view of it are gone, so a tensor's pages leave the process's RSS when the tensor does, as a
-    read array's would. The file must not be truncated while its arrays live (SIGBUS, as for any
-    mapping); the size is checked when the mapping is made."""
+    read array's would. Past ``map_budget()`` live mappings (each holds a file descriptor) the bytes
+    are read into a fresh array instead, read-only all the same. The file must not be truncated while
+    its mapped arrays live (SIGBUS, as for any mapping); the size is checked when the mapping is made."""
     if nbytes == 0:
         return np.empty(0, dtype=np.uint8)
     with open(path, "rb") as fh:
         if offset < 0 or offset + nbytes > os.fstat(fh.fileno()).st_size:
             return None
+        with _maps_lock:
+            mapping = _maps["live"] < map_budget()
+            _maps["live"] += mapping
+        if not mapping:
+            fh.seek(offset)
+            raw = np.empty(nbytes, dtype=np.uint8)
+            if fh.readinto(memoryview(raw)) != nbytes:
+                return None
+            raw.flags.writeable = False
+            return raw
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        view = mmap.mmap(fh.fileno(), offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
+        try:
+            view = mmap.mmap(fh.fileno(), offset - start + nbytes, access=mmap.ACCESS_READ, offset=start)
+        except BaseException:
+            _unmapped()
+            raise
+    weakref.finalize(view, _unmapped)
     if hasattr(mmap, "MADV_WILLNEED"):
         view.madvise(mmap.MADV_WILLNEED)   # read ahead now: a file not yet cached is read in large requests
     return np.frombuffer(view, dtype=np.uint8, count=nbytes, offset=offset - start)
