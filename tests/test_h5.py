@@ -69,7 +69,7 @@ def test_the_loads_of_one_scan_share_a_file_handle_closed_once_its_tensors_are_d
     tensors = h5_keras.scan(src)
     opened.clear()
     with h5py.File(H5 / "masked-lm" / "tf_model.h5", "r") as f:
-        expect = {ds.name: ds[()] for ds in (o for _, o in _datasets(f))}
+        expect = {name: ds[()] for name, ds in _datasets(f)}
     loaded = [t.load() for t in tensors.values()]
     assert opened == [src] and len(loaded) == len(expect) > 10        # one open for every load
     assert sorted(a.tobytes() for a in loaded) == sorted(a.tobytes() for a in expect.values())

@@ -239,7 +239,7 @@ def test_tensor_bytes_are_a_read_only_mapping_that_ends_with_the_array(tmp_path)
         gc.collect()
         assert maps() == 0
     assert mapped_bytes(path, data.size - 3, 4) is None and mapped_bytes(path, -1, 1) is None
-    assert mapped_bytes(path, data.size, 0).size == 0
+    assert mapped_bytes(path, data.size, 0).size == 0 and mapped_bytes(path, data.size + 1, 0) is None
 
 
 def test_tensors_read_from_safetensors_bin_and_tf1_are_read_only_mappings_and_copies_are_free_to_change():

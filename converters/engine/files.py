@@ -108,7 +108,7 @@ def _unmapped() -> None:
 
 def mapped_bytes(path: Path, offset: int, nbytes: int) -> np.ndarray | None:
     """Bytes ``offset .. offset + nbytes`` of ``path`` as a read-only uint8 array (None when the file
-    ends before them; an empty array for ``nbytes == 0``), mapped from the file where it can be.
+    ends before them or ``offset`` is negative), mapped from the file where it can be.
 
     A mapping, not a read: the array is the page cache's own pages, so loading a tensor allocates no
     memory and copies nothing (reading into a fresh array did both, and on a VM first-touched memory
@@ -117,11 +117,11 @@ def mapped_bytes(path: Path, offset: int, nbytes: int) -> np.ndarray | None:
     read array's would. Past ``map_budget()`` live mappings (each holds a file descriptor) the bytes
     are read into a fresh array instead, read-only all the same. The file must not be truncated while
     its mapped arrays live (SIGBUS, as for any mapping); the size is checked when the mapping is made."""
-    if nbytes == 0:
-        return np.empty(0, dtype=np.uint8)
     with open(path, "rb") as fh:
         if offset < 0 or offset + nbytes > os.fstat(fh.fileno()).st_size:
             return None
+        if nbytes == 0:
+            return np.empty(0, dtype=np.uint8)
         with _maps_lock:
             mapping = _maps["live"] < map_budget()
             _maps["live"] += mapping
