@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import measure
+from common import byte_compile_ours, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "tf1-base"
@@ -117,6 +117,7 @@ def main() -> None:
         return
 
     ckpt = ensure_checkpoint(args.fresh)
+    byte_compile_ours()
     prefix = (ckpt / "checkpoint").read_text().split('"')[1]
     data_files = sorted(ckpt.glob("*.data-*"))
     ckpt_bytes = sum(p.stat().st_size for p in data_files)
