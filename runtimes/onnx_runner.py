@@ -19,7 +19,9 @@ else ONNX Runtime's default.
 
 Hostile files (``check_model``, before ONNX Runtime sees the file): the model must be a regular
 file under 2 GiB (protobuf's limit); every external-data tensor must name a regular file inside
-the model's folder (no absolute path, no ``..``, no symlink out) holding the bytes it claims;
+the model's folder (no absolute path, no ``..``, no symlink out; a Hugging Face cache snapshot's
+caller passes the repo folder as ``root``, since the snapshot's files are links into its blobs/)
+holding the bytes it claims;
 every node's domain must be the standard one, ``com.microsoft`` (ONNX Runtime's contrib ops)
 or a function defined in the model. No custom-op library is ever registered, so no code from
 the artifact runs; the config in the metadata is validated like any config.json.
@@ -99,13 +101,14 @@ def _graphs(graph):
                 stack.extend(attr.graphs)
 
 
-def check_model(path: str | Path):
-    """The parsed model (no external data loaded) after the checks of this module's docstring."""
+def check_model(path: str | Path, root: Path | None = None):
+    """The parsed model (no external data loaded) after the checks of this module's docstring;
+    external data must resolve inside ``root`` (default: the model's own folder)."""
     from onnx import TensorProto
 
     file = model_path(path)
     model = _load(file)
-    folder = file.parent.resolve()
+    folder = Path(root).resolve() if root is not None else file.parent.resolve()
     local = {f.domain for f in model.functions}
     for graph in _graphs(model.graph):
         for node in graph.node:
@@ -120,7 +123,7 @@ def check_model(path: str | Path):
             target = (file.parent / location)
             if not location or Path(location).is_absolute() or ".." in Path(location).parts \
                     or (target.resolve() != folder and folder not in target.resolve().parents):
-                raise FormatError(f"{file}: tensor {tensor.name} keeps its data in {location!r}, outside {file.parent}; "
+                raise FormatError(f"{file}: tensor {tensor.name} keeps its data in {location!r}, outside {folder}; "
                                   "electra-bridge reads only files inside the model's folder")
             size = _regular(target, f"external data of {tensor.name} (named by {file})")
             try:
@@ -133,15 +136,16 @@ def check_model(path: str | Path):
     return model
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | Path, root: Path | None = None) -> dict[str, str]:
     """metadata_props of the model (weights are not loaded), after ``check_model``."""
-    return {p.key: p.value for p in check_model(path).metadata_props}
+    return {p.key: p.value for p in check_model(path, root).metadata_props}
 
 
-def describe(path: str | Path) -> tuple[ElectraConfig, str, str, str]:
-    """(config, head, graph kind, dtype) from the model's metadata, else config.json beside it."""
+def describe(path: str | Path, root: Path | None = None) -> tuple[ElectraConfig, str, str, str]:
+    """(config, head, graph kind, dtype) from the model's metadata, else config.json beside it;
+    ``root`` as for ``check_model``."""
     file = model_path(path)
-    meta = read_metadata(file)
+    meta = read_metadata(file, root)
     if META_CONFIG in meta:
         try:
             data = json.loads(meta[META_CONFIG])
@@ -176,7 +180,8 @@ def _threads(threads: int | None) -> int:
 class OnnxRunner:
     """A Runner over an ONNX Runtime CPU session; ``heads`` is the one exported head."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, name: str | None = None):
+    def __init__(self, path: str | Path, *, threads: int | None = None, name: str | None = None,
+                 root: Path | None = None):
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
@@ -185,7 +190,7 @@ class OnnxRunner:
         self.path = model_path(path)
         if not self.path.is_file():
             raise FormatError(f"{path}: no {MODEL_FILE} found")
-        self.config, self.head, self.graph, self.dtype = describe(self.path)
+        self.config, self.head, self.graph, self.dtype = describe(self.path, root)
         # int8 error (~1e-2) dwarfs fusion error (~1e-6): quantized models of either graph kind
         # share the ("onnxruntime", "int8") tolerance row
         graph_runtime = RUNTIME_BY_GRAPH.get(self.graph, "onnxruntime-optimized")

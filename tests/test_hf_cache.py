@@ -257,3 +257,44 @@ def test_transformers_agrees_on_the_snapshot(tmp_path, monkeypatch):
     err = max_abs(got, want)
     rel = err / float(np.max(np.abs(want)))
     assert err < 1e-5 and rel < 1e-5, (err, rel)
+
+
+# ---- ONNX external data: a snapshot's model.onnx.data is a link into blobs/ too -----------------------
+
+def onnx_with_external_data(tmp: Path, monkeypatch) -> Path:
+    """fixtures/hf/pretraining exported to ONNX with its weights in model.onnx.data (the >2 GB layout,
+    forced here with a 1 KiB threshold)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from electra_bridge.converters.engine.pipeline import export
+    from electra_bridge.converters.formats import onnx as onnx_format
+
+    monkeypatch.setattr(onnx_format, "EXTERNAL_DATA_BYTES", 1024)
+    out = tmp / "onnx-external"
+    out.mkdir()
+    written = {p.name for p in export(onnx_format.FORMAT, read(FIXTURES / "hf" / "pretraining"), out)}
+    assert {"model.onnx", "model.onnx.data"} <= written
+    return out
+
+
+def test_onnx_external_data_in_a_snapshot_runs_and_verifies(tmp_path, monkeypatch, capsys):
+    repo, snap = make_cache(tmp_path / "hub", onnx_with_external_data(tmp_path, monkeypatch))
+    assert (snap / "model.onnx.data").is_symlink()
+    assert (snap / "model.onnx.data").resolve().parent == repo.resolve() / "blobs"   # outside the snapshot folder
+    # as a user types it: the repo folder against the checkpoint it came from; EQUAL exits 0
+    assert cli.main(["verify", str(repo), str(FIXTURES / "hf" / "pretraining"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["exit_code"] == 0
+    assert cli.main(["inspect", str(snap), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "onnx"
+
+
+def test_onnx_external_data_leaving_the_repo_folder_is_refused(tmp_path, monkeypatch, capsys):
+    _, snap = make_cache(tmp_path / "hub", onnx_with_external_data(tmp_path, monkeypatch))
+    outside = tmp_path / "elsewhere" / "model.onnx.data"
+    outside.parent.mkdir()
+    shutil.copyfile(snap / "model.onnx.data", outside)
+    relink(snap / "model.onnx.data", outside)
+    assert cli.main(["verify", str(snap), str(FIXTURES / "hf" / "pretraining")]) == 2
+    err = capsys.readouterr().err
+    assert "keeps its data in 'model.onnx.data', outside" in err and str(tmp_path / "hub") in err

@@ -56,6 +56,7 @@ from electra_bridge.runtimes.onnx_runner import (
 from electra_bridge.schemas import HEADS, Checkpoint, MissingDependencyError, SchemaError, get_head
 from electra_bridge.schemas.checkpoint import materialize
 
+from ..engine import files
 from ..engine.assets import collect
 from ..engine.format import ArtifactFormat
 from ..engine.options import Option
@@ -361,7 +362,7 @@ def inspect(path: Path) -> dict:
     import onnx
 
     file = model_path(path)
-    cfg, head, graph, dtype = describe(file)
+    cfg, head, graph, dtype = describe(file, files.source_root(file))
     model = onnx.load(str(file), load_external_data=False)
     weights = parameters(model)
 
@@ -388,12 +389,19 @@ def inspect(path: Path) -> dict:
     }
 
 
+def open_runner(path: Path) -> OnnxRunner:
+    """ONNX Runtime on CPU, for a folder holding model.onnx or a .onnx file. External data is
+    confined as every read is (engine/files.py): to the model's folder, or for a Hugging Face cache
+    snapshot, whose files are links into blobs/, to the repo folder."""
+    return OnnxRunner(path, root=files.source_root(model_path(path)))
+
+
 FORMAT = ArtifactFormat(
     name="onnx",
     extra="onnx",
     detect=detect,
     export=export,
-    open_runner=OnnxRunner,     # ONNX Runtime, CPU; a folder with model.onnx or a .onnx file
+    open_runner=open_runner,
     inspect=inspect,
     heads=tuple(HEADS),
     options=OPTIONS,
