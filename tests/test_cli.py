@@ -326,3 +326,29 @@ def test_progress_only_on_a_terminal_and_not_quiet():
         assert ("writing" in stream.text) is drawn, (tty, enabled)
         assert all(np.array_equal(arrays[n], ckpt.array(n)) for n in ckpt.tensors)
     progress.configure(None)
+
+
+def test_a_drawn_bar_keeps_its_elapsed_time_moving_between_ticks(monkeypatch):
+    """A step with no ticks (torch.export tracing) still redraws the bar; a closed bar stops drawing."""
+    import threading
+    import time
+
+    from electra_bridge.converters.engine import progress
+
+    def beating() -> int:
+        return sum(t.name == "progress" and t.is_alive() for t in threading.enumerate())
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.01)
+    progress.configure(None)
+    stream = FakeTTY(True)
+    with progress.Progress(10, "exporting", stream=stream):
+        drawn = stream.text.count("\r")
+        time.sleep(0.3)
+        assert stream.text.count("\r") >= drawn + 5   # redrawn without a single update
+        assert beating() == 1
+    assert beating() == 0
+    settled = stream.text
+    time.sleep(0.05)
+    assert stream.text == settled
+    with progress.Progress(10, "exporting", stream=FakeTTY(False)):
+        assert beating() == 0   # no terminal: no bar, no thread

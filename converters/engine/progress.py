@@ -7,12 +7,14 @@ go to stdout.
 Ticks come from two hooks that work for every format without touching it:
 ``track_tensors`` wraps a Checkpoint's tensors in LazyTensors that tick when loaded (a
 writer or a runtime materializes each tensor once), and ``TrackedRunner`` ticks per
-head run.
+head run. Between ticks a drawn bar is redrawn every ``HEARTBEAT_S`` seconds, so its elapsed
+time moves through a step that has none (torch.export tracing the graph, an ONNX export).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TextIO
 
 import numpy as np
@@ -23,6 +25,8 @@ from electra_bridge.runtimes.runner import CheckpointRunner, Runner
 from electra_bridge.schemas import Checkpoint, ElectraConfig
 
 _enabled: bool | None = None   # None: automatic (stderr is a TTY)
+#: seconds between redraws of a drawn bar while no tick comes
+HEARTBEAT_S = 1.0
 
 
 def configure(enabled: bool | None) -> None:
@@ -53,6 +57,14 @@ class Progress:
         self.enabled = is_enabled(self.stream)
         self._bar = _Bar(total=self.total, desc=desc, file=self.stream, leave=False, dynamic_ncols=True,
                          disable=not self.enabled, unit="step")
+        self._closed = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="progress", daemon=True) if self.enabled else None
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(HEARTBEAT_S):
+            self._bar.refresh()   # tqdm draws under its own lock: safe beside update() in the worker
 
     def __enter__(self) -> Progress:
         return self
@@ -71,6 +83,9 @@ class Progress:
             self._bar.update(n)
 
     def close(self) -> None:
+        self._closed.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         self._bar.close()   # leave=False: the bar is erased
         self.enabled = False
 
