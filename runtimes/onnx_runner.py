@@ -124,7 +124,8 @@ def check_model(path: str | Path, root: Path | None = None):
             if not location or Path(location).is_absolute() or ".." in Path(location).parts \
                     or (target.resolve() != folder and folder not in target.resolve().parents):
                 raise FormatError(f"{file}: tensor {tensor.name} keeps its data in {location!r}, outside {folder}; "
-                                  "electra-bridge reads only files inside the model's folder")
+                                  "electra-bridge reads only files inside the model's folder (in a Hugging Face "
+                                  "cache snapshot: its repo folder)")
             size = _regular(target, f"external data of {tensor.name} (named by {file})")
             try:
                 offset, length = int(info.get("offset", 0)), int(info.get("length", size))
