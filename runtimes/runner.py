@@ -67,8 +67,8 @@ def preload(runtime: str) -> threading.Thread | None:
     """Import ``runtime``'s framework in a background thread and return it (None for an unknown runtime).
 
     convert calls it before reading and writing, which mostly wait on I/O and copy without the GIL, so
-    the import (numpy's: scipy.special, ~0.4-0.6 s) overlaps them instead of starting the check. A failed
-    import is left for ``load_ops`` to raise, in the caller's thread, with its message."""
+    a framework's import overlaps them instead of starting the check. A failed import is left for
+    ``load_ops`` to raise, in the caller's thread, with its message."""
     if runtime not in RUNTIMES:
         return None
 
