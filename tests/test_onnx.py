@@ -468,6 +468,20 @@ def test_inspect_counts_exactly_the_source_parameters(kind, tmp_path):
     assert onnx_format.inspect(tmp_path / "causal-lm")["optional_inputs"] == ["token_type_ids"]
 
 
+def test_inspect_without_the_onnx_extra_names_it(exported):
+    """Where onnx and onnxruntime cannot be imported, `inspect model.onnx` is one error line with the
+    pip command (exit 2), not a traceback from inside the reader."""
+    model = exported("pretraining", "optimized") / "model.onnx"
+    proc = run_python(f"""
+        import sys
+        from electra_bridge.converters.cli import main
+        sys.exit(main(["inspect", {str(model)!r}]))
+    """, blocked=("onnx", "onnxruntime"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: inspecting {model} needs onnx, onnxruntime: pip install 'electra-bridge[onnx]'"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["pretraining", "multiple-choice"])
 def test_base_size_hidden_state_drift(head, tmp_path):

@@ -31,8 +31,12 @@ def missing_modules(extra: str | None) -> list[str]:
 
 def _installed(module: str) -> bool:
     # A folder of that name on sys.path (e.g. a project's own keras/ of fixtures) is found as a
-    # namespace package, which has no origin: that is not the framework.
-    spec = importlib.util.find_spec(module)
+    # namespace package, which has no origin: that is not the framework. A finder that refuses the
+    # name (an import hook raising ImportError) means it cannot be imported either.
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        return False
     return spec is not None and spec.origin is not None
 
 
