@@ -39,6 +39,7 @@ from electra_bridge.schemas import BridgeError, SchemaError
 
 from . import api
 from .engine import provenance
+from .engine.options import accepted
 from .formats import FORMATS, get_format
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ def _relative_to(plan: Path, value: str) -> str:
 def _split_options(item: Item) -> tuple[dict, dict]:
     """(read, write) options of ``item``: each by the stage its format declares it at."""
     source = get_format(api.detect_format(item.src))
-    read_dests = {o.dest for o in source.options if o.stage == "read"} | {"config", "allow_nonfinite"}
-    write_dests = {o.dest for o in get_format(item.to).options if o.stage == "write"}
+    read_dests, write_dests = accepted(source.options, "read"), accepted(get_format(item.to).options, "write")
     read, write = {}, {}
     for key, value in item.options.items():
         dest = str(key).replace("-", "_")

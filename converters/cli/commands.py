@@ -16,6 +16,7 @@ from electra_bridge.schemas import SchemaError
 
 from .. import api
 from ..engine import provenance
+from ..engine.options import accepted
 from ..formats import get_format
 from . import catalog
 from .parser import format_options, opt_formats
@@ -56,7 +57,7 @@ def write_options(args: argparse.Namespace, to: str) -> dict:
 
 
 def _refuse_misplaced(given: dict, fmt: str, stage: str, what: str) -> None:
-    declared = {o.dest for o in get_format(fmt).options if o.stage == stage} | {"config"}
+    declared = accepted(get_format(fmt).options, stage)
     for dest in given:
         if dest not in declared:
             opt = next(o for o in format_options() if o.dest == dest)

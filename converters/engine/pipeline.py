@@ -36,6 +36,7 @@ from electra_bridge.schemas.tensors import BACKBONE_GROUPS
 from . import config_inference, extras, files, shards
 from .assets import collect, config_for, write_assets
 from .format import ArtifactFormat, CheckpointFormat, NativeTensor, Plan, ReadRequest
+from .options import accepted
 from .rules import Binding, Rule, account, bind, ignored_reason
 
 log = logging.getLogger("electra_bridge")
@@ -49,13 +50,12 @@ CAST_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
 
 
 def check_options(fmt, stage: str, options: Mapping[str, object]) -> None:
-    declared = {o.dest for o in fmt.options if o.stage == stage}
-    extra = sorted(k for k, v in options.items() if v is not None and k not in declared)
+    extra = sorted(k for k, v in options.items() if v is not None and k not in accepted(fmt.options, stage))
     if extra:
         verb = "reading" if stage == "read" else "writing"
+        flags = sorted(o.flag for o in fmt.options if o.stage == stage)
         raise SchemaError(f"{verb} {fmt.name} takes no option {', '.join('--' + k.replace('_', '-') for k in extra)}"
-                          + (f" (it takes: {', '.join(sorted(o.flag for o in fmt.options if o.stage == stage))})"
-                             if declared else ""))
+                          + (f" (it takes: {', '.join(flags)})" if flags else ""))
 
 
 # ---- reading ------------------------------------------------------------------------------------
