@@ -26,7 +26,8 @@ installed package: an editable install under PYTHONDONTWRITEBYTECODE would other
 again in every child of ours, while transformers' bytecode came with its install.
 
 Rounds are round-robin, each starting with the next contestant (noise hits every contestant alike,
-and none always runs right after another); medians of ``--repeats`` rounds are
+and none always runs right after another; the JSON keeps every round with the contestant that ran
+just before it, which on a VM changes what a child pays for fresh memory); medians of ``--repeats`` rounds are
 reported with the ratio transformers / ours (target >= 10x) and peak RSS against 1.1 x the written
 weights + 200 MB. Ours and transformers' outputs of round 1 are then compared with
 ``electra-bridge verify`` (they must be EQUAL). Thread settings: ``--threads N`` sets
@@ -132,6 +133,7 @@ def run_case(case: str, size: str, repeats: int, env: dict, runs: Path) -> dict:
     warm(src)
     rounds: dict[str, list[dict]] = {}
     loads = []
+    previous = "the page-cache warm-up"
     for i in range(repeats):
         order = list(contestants(kind, src, to, size).items())
         # each round starts with the next contestant, so every one runs in every position: on a VM what a
@@ -140,14 +142,18 @@ def run_case(case: str, size: str, repeats: int, env: dict, runs: Path) -> dict:
         for name, make in order[i % len(order):] + order[:i % len(order)]:
             out = runs / f"{case.replace(':', '-')}-{''.join(c for c in name if c.isalnum())}-{i}"
             r = measure(make(out), runs / f"{out.name}.log", env)
-            rounds.setdefault(name, []).append(r)
+            rounds.setdefault(name, []).append({**r, "after": previous})
+            previous = name
             loads.append(os.getloadavg()[0])
-            print(f"  {case:<24} {name:<17} round {i + 1}: {r['wall_s']:6.2f} s {r['peak_rss_mb']:7.0f} MB", flush=True)
+            print(f"  {case:<24} {name:<17} round {i + 1}: {r['wall_s']:6.2f} s (user {r['user_s']:5.2f}, system "
+                  f"{r['sys_s']:5.2f}) {r['peak_rss_mb']:7.0f} MB", flush=True)
         written = runs / f"{case.replace(':', '-')}-ours-{i}" / WEIGHTS_OUT[to]
         r = measure(["cp", str(written), str(runs / "cp-floor.tmp")], runs / "cp.log", env)
-        rounds.setdefault("cp floor", []).append(r)
+        rounds.setdefault("cp floor", []).append({**r, "after": previous})
+        previous = "cp floor"
         (runs / "cp-floor.tmp").unlink()
-    result = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
+    result = {name: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "peak_rss_mb", "user_s", "sys_s")}
+              for name, rs in rounds.items()}
     ours0, theirs0 = (runs / f"{case.replace(':', '-')}-{n}-0" for n in ("ours", "transformers"))
     check = subprocess.run([str(BIN / "electra-bridge"), "verify", str(ours0), str(theirs0), "--quiet"],
                            capture_output=True, text=True, env=env)
@@ -155,7 +161,11 @@ def run_case(case: str, size: str, repeats: int, env: dict, runs: Path) -> dict:
     for path in runs.glob(f"{case.replace(':', '-')}-*"):
         if path.is_dir():
             shutil.rmtree(path)
-    return {"results": result, "written_mb": written_mb, "equal": check.returncode == 0, "load": [min(loads), max(loads)]}
+    # every round too, with the contestant that ran just before it: on this VM a child right after
+    # transformers' (1.4-4.7 GB freed) pays more for fresh memory, and rotation cannot give every
+    # contestant that predecessor equally often in 3 rounds
+    return {"results": result, "rounds": rounds, "written_mb": written_mb, "equal": check.returncode == 0,
+            "load": [min(loads), max(loads)]}
 
 
 def report(summary: dict) -> None:

@@ -33,7 +33,8 @@ def byte_compile_ours() -> None:
 
 
 def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run ``cmd`` as one child: its wall time and its own peak RSS (wait4 rusage of exactly that child)."""
+    """Run ``cmd`` as one child: its wall time, its own peak RSS and CPU time (user, system), from the
+    wait4 rusage of exactly that child."""
     with open(log, "wb") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
@@ -43,7 +44,8 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     proc.returncode = code
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{log.read_text(errors='replace')[-4000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,   # ru_maxrss is in KiB on Linux
+            "user_s": usage.ru_utime, "sys_s": usage.ru_stime}
 
 
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
