@@ -27,9 +27,9 @@ again in every child of ours, while transformers' bytecode came with its install
 
 Rounds are round-robin, each starting with the next contestant (noise hits every contestant alike,
 and none always runs right after another; the JSON keeps every round with the contestant that ran
-just before it, which on a VM changes what a child pays for fresh memory); medians of ``--repeats`` rounds are
-reported with the ratio transformers / ours (target >= 10x) and peak RSS against 1.1 x the written
-weights + 200 MB. Ours and transformers' outputs of round 1 are then compared with
+just before it, which on a VM changes what a child pays for fresh memory); medians of ``--repeats``
+rounds are reported with the ratio transformers / ours (target >= 10x) and peak RSS against 1.1 x the
+written weights + 200 MB. Ours and transformers' outputs of round 1 are then compared with
 ``electra-bridge verify`` (they must be EQUAL). Thread settings: ``--threads N`` sets
 OMP/OpenBLAS/MKL thread counts (and TF's, via TF_NUM_INTRAOP_THREADS) for every contestant alike;
 unset, each library takes its default (all cores). The 1-minute load average is printed: the
@@ -162,7 +162,7 @@ def run_case(case: str, size: str, repeats: int, env: dict, runs: Path) -> dict:
         if path.is_dir():
             shutil.rmtree(path)
     # every round too, with the contestant that ran just before it: on this VM a child right after
-    # transformers' (1.4-4.7 GB freed) pays more for fresh memory, and rotation cannot give every
+    # transformers' (1.4-11 GB freed) pays more for fresh memory, and rotation cannot give every
     # contestant that predecessor equally often in 3 rounds
     return {"results": result, "rounds": rounds, "written_mb": written_mb, "equal": check.returncode == 0,
             "load": [min(loads), max(loads)]}

@@ -13,6 +13,7 @@ a transposed kernel view (OpenBLAS's omatcopy, ~18x numpy's strided copy).
 from __future__ import annotations
 
 import numpy as np
+
 from electra_bridge.schemas import materialize
 
 from .blas import blas_threads, contiguous
@@ -23,7 +24,7 @@ NAME = "numpy"
 
 
 class NumpyOps(BaseOps):
-    """float32 throughout; GELU's erf is exact to float64 (runtimes/erf.py, never a tanh approximation)."""
+    """float32 throughout; GELU's erf is computed in float64 (runtimes/erf.py; never a tanh approximation)."""
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
