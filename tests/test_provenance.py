@@ -99,3 +99,18 @@ def test_same_work_tells_an_up_to_date_output_from_a_stale_one(tmp_path):
     assert not provenance.same_work(out, provenance.source_digests(src), options)
     (out / "tf_model.h5").write_bytes(b"broken")
     assert not provenance.same_work(out, digests, options)
+
+
+def test_same_work_hashes_the_output_only_when_the_record_matches(tmp_path, monkeypatch):
+    """A stale output (other options, other source digests) is redone anyway: batch does not hash it."""
+    out = tmp_path / "out"
+    convert(HF, out, "h5")
+    options = json.loads((out / "electra-bridge.json").read_text())["options"]
+    digests = provenance.source_digests(HF)
+    hashed = []
+    real_check = provenance.check
+    monkeypatch.setattr(provenance, "check", lambda folder: hashed.append(folder) or real_check(folder))
+    assert not provenance.same_work(out, digests, {**options, "to": "msgpack"})
+    assert not provenance.same_work(out, digests[1:], options)
+    assert hashed == []
+    assert provenance.same_work(out, digests, options) and hashed == [out]
