@@ -99,8 +99,7 @@ def _erf64(x: np.ndarray) -> np.ndarray:
         value *= np.exp(-big * big)
         np.subtract(1.0, value, out=value)
         result[third] = value
-    np.copysign(result, x, out=result)      # odd; also gives -0.0 for -0.0
-    result[np.isnan(x)] = np.nan
+    np.copysign(result, x, out=result)      # odd; also gives -0.0 for -0.0 (NaN has run through as NaN)
     return result
 
 
