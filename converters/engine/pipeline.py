@@ -50,7 +50,8 @@ CAST_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
 
 
 def check_options(fmt, stage: str, options: Mapping[str, object]) -> None:
-    extra = sorted(k for k, v in options.items() if v is not None and k not in accepted(fmt.options, stage))
+    declared = accepted(fmt.options, stage)
+    extra = sorted(k for k, v in options.items() if v is not None and k not in declared)
     if extra:
         verb = "reading" if stage == "read" else "writing"
         flags = sorted(o.flag for o in fmt.options if o.stage == stage)
